@@ -1,0 +1,1 @@
+"""kubeaccel_operator: the kopf control plane for AcceleratedModel resources."""

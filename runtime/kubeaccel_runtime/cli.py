@@ -1,0 +1,85 @@
+"""`kubeaccel`: the user CLI (crd, validate, version, and the optimize/serve/run tools).
+
+Subcommands are imported lazily, so `kubeaccel validate` never pays for onnxruntime or
+torch, and a process only imports what its command needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from kubeaccel_api import __version__
+
+# name -> "module:attribute" of a click command, imported on first use.
+LAZY_COMMANDS: dict[str, str] = {}
+
+
+class LazyGroup(click.Group):
+    """A click group whose heavy subcommands are imported only when invoked."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module_name, attr = LAZY_COMMANDS[cmd_name].split(":")
+            command = getattr(importlib.import_module(module_name), attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """kubeaccel: optimize a model, prove it is still accurate, and serve it fast."""
+
+
+@main.command()
+def version() -> None:
+    """Print the kubeaccel version."""
+    click.echo(__version__)
+
+
+@main.command()
+@click.option("--write", is_flag=True, help="Write crds/ and the chart's CRD template.")
+@click.option(
+    "--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+    show_default=True, help="Repository root to write under.",
+)
+def crd(write: bool, root: Path) -> None:
+    """Print (or write) the AcceleratedModel CustomResourceDefinition."""
+    from kubeaccel_api import crdgen
+
+    if not write:
+        click.echo(crdgen.render_crd_yaml(), nl=False)
+        return
+    for path in crdgen.write(root):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option(
+    "-f", "--filename", "files", multiple=True, required=True,
+    type=click.Path(dir_okay=False, path_type=Path), help="AcceleratedModel YAML (repeatable).",
+)
+def validate(files: tuple[Path, ...]) -> None:
+    """Check AcceleratedModel files; print each problem with its field path."""
+    from kubeaccel_runtime.specfile import check_file
+
+    out, err = Console(), Console(stderr=True)
+    failed = False
+    for path in files:
+        resources, problems = check_file(path)
+        for problem in problems:
+            err.print(f"[red]✗[/red] {problem}", markup=True, highlight=False, soft_wrap=True)
+        if problems:
+            failed = True
+        else:
+            names = ", ".join(r.metadata.name for r in resources)
+            out.print(f"[green]✓[/green] {path}: {names}", highlight=False, soft_wrap=True)
+    sys.exit(1 if failed else 0)
