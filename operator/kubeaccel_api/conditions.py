@@ -37,21 +37,32 @@ def aggregate_ready(
     for ctype in READY_INPUTS:
         cond = get_condition(conds, ctype)
         if cond is None or cond.status is not ConditionStatus.TRUE:
-            status = ConditionStatus.FALSE if cond and cond.status is ConditionStatus.FALSE else (
-                ConditionStatus.UNKNOWN
+            status = (
+                ConditionStatus.FALSE
+                if cond and cond.status is ConditionStatus.FALSE
+                else (ConditionStatus.UNKNOWN)
             )
             reason = cond.reason if cond else f"{ctype.value}Pending"
             message = f"{ctype.value}: {cond.message}" if cond else f"{ctype.value} not yet known"
             return Condition(
-                type=ConditionType.READY, status=status, reason=reason, message=message,
+                type=ConditionType.READY,
+                status=status,
+                reason=reason,
+                message=message,
                 observed_generation=generation,
             )
     if not shards_available:
         return Condition(
-            type=ConditionType.READY, status=ConditionStatus.FALSE, reason="ShardsUnavailable",
-            message="not every shard has its replicas available", observed_generation=generation,
+            type=ConditionType.READY,
+            status=ConditionStatus.FALSE,
+            reason="ShardsUnavailable",
+            message="not every shard has its replicas available",
+            observed_generation=generation,
         )
     return Condition(
-        type=ConditionType.READY, status=ConditionStatus.TRUE, reason="AllShardsAvailable",
-        message="every shard is serving", observed_generation=generation,
+        type=ConditionType.READY,
+        status=ConditionStatus.TRUE,
+        reason="AllShardsAvailable",
+        message="every shard is serving",
+        observed_generation=generation,
     )

@@ -27,10 +27,27 @@ Schema = dict[str, Any]
 
 # Keys that survive conversion (everything else pydantic emits is dropped).
 _KEEP = {
-    "type", "format", "description", "enum", "default", "items", "properties", "required",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
-    "pattern", "minItems", "maxItems", "additionalProperties", "nullable",
-    "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields",
+    "type",
+    "format",
+    "description",
+    "enum",
+    "default",
+    "items",
+    "properties",
+    "required",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "additionalProperties",
+    "nullable",
+    "x-kubernetes-validations",
+    "x-kubernetes-preserve-unknown-fields",
 }
 
 
@@ -83,7 +100,11 @@ def _convert(node: Schema, defs: dict[str, Schema]) -> Schema:
             out[key] = value
     if "enum" in out and "type" not in out:
         out["type"] = "string" if all(isinstance(v, str) for v in out["enum"]) else "integer"
-    if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
+    if (
+        out.get("type") == "object"
+        and "properties" not in out
+        and "additionalProperties" not in out
+    ):
         out["x-kubernetes-preserve-unknown-fields"] = True
     if out.get("format") == "date-time":
         out["type"] = "string"
@@ -101,16 +122,36 @@ def model_schema(model: type[Any]) -> Schema:
 def _printer_columns() -> list[Schema]:
     return [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-        {"name": "Speedup", "type": "number", "jsonPath": ".status.optimization.speedup",
-         "description": "Latency before / after optimization"},
-        {"name": "Size", "type": "number", "jsonPath": ".status.optimization.sizeRatio",
-         "description": "Optimized size / original size"},
-        {"name": "Shards", "type": "string", "jsonPath": ".status.readyShards",
-         "description": "Ready / total shards"},
-        {"name": "Ready", "type": "string",
-         "jsonPath": '.status.conditions[?(@.type=="Ready")].status', "priority": 1},
-        {"name": "Artifact", "type": "string", "jsonPath": ".status.deployedArtifactId",
-         "priority": 1},
+        {
+            "name": "Speedup",
+            "type": "number",
+            "jsonPath": ".status.optimization.speedup",
+            "description": "Latency before / after optimization",
+        },
+        {
+            "name": "Size",
+            "type": "number",
+            "jsonPath": ".status.optimization.sizeRatio",
+            "description": "Optimized size / original size",
+        },
+        {
+            "name": "Shards",
+            "type": "string",
+            "jsonPath": ".status.readyShards",
+            "description": "Ready / total shards",
+        },
+        {
+            "name": "Ready",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+            "priority": 1,
+        },
+        {
+            "name": "Artifact",
+            "type": "string",
+            "jsonPath": ".status.deployedArtifactId",
+            "priority": 1,
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 

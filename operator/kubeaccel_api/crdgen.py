@@ -61,7 +61,7 @@ def render_chart_crd() -> str:
         "    helm.sh/resource-policy: keep\n"
         "  {{- end }}\n"
         "  labels:\n"
-        "    {{- include \"kubeaccel.labels\" . | nindent 4 }}\n"
+        '    {{- include "kubeaccel.labels" . | nindent 4 }}\n'
     )
     if meta not in body + "\n":
         raise ValueError("unexpected CRD metadata layout")

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
@@ -27,9 +28,9 @@ RESOURCE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-
 TENSOR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:/-]*$"
 
 
-def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+def _cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
     """One `x-kubernetes-validations` entry."""
-    entry = {"rule": rule, "message": message}
+    entry: JsonDict = {"rule": rule, "message": message}
     if field_path:
         entry["fieldPath"] = field_path
     return entry
@@ -451,9 +452,7 @@ class RuntimeSpec(ApiModel):
     batching: BatchingSpec = Field(
         default_factory=BatchingSpec, description="Dynamic batching settings."
     )
-    image: str | None = Field(
-        default=None, max_length=1024, description="Runtime image override."
-    )
+    image: str | None = Field(default=None, max_length=1024, description="Runtime image override.")
 
     @model_validator(mode="after")
     def _gpu_provider_needs_gpu(self) -> RuntimeSpec:
@@ -503,7 +502,9 @@ class TensorSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel("self.shape.all(d, d != 0)", "dimensions must be -1 (dynamic) or >= 1", ".shape")
+                _cel(
+                    "self.shape.all(d, d != 0)", "dimensions must be -1 (dynamic) or >= 1", ".shape"
+                )
             ]
         }
     )
@@ -756,9 +757,7 @@ class AcceleratedModelStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list, description="Validated, Optimized, Deployed, Ready."
     )
-    artifact_id: str | None = Field(
-        default=None, description="Artifact the current spec asks for."
-    )
+    artifact_id: str | None = Field(default=None, description="Artifact the current spec asks for.")
     deployed_artifact_id: str | None = Field(
         default=None, description="Artifact the running shards serve."
     )
@@ -794,7 +793,8 @@ class ObjectMeta(BaseModel):
     def _dns_label(self) -> ObjectMeta:
         if not re.match(NAME_PATTERN, self.name):
             raise field_rule(
-                "name", "must be a DNS-1035 label (lower-case letters, digits, '-'; starts with a letter)"
+                "name",
+                "must be a DNS-1035 label (lower-case letters, digits, '-'; starts with a letter)",
             )
         return self
 

@@ -49,8 +49,10 @@ def parse_resource(obj: Mapping[str, Any]) -> AcceleratedModel:
         raise InvalidResource(["<document>: expected a mapping (an AcceleratedModel object)"])
     if obj.get("apiVersion") != API_VERSION or obj.get("kind") != KIND:
         raise InvalidResource(
-            [f"apiVersion/kind: expected {API_VERSION} {KIND}, got "
-             f"{obj.get('apiVersion')!r} {obj.get('kind')!r}"]
+            [
+                f"apiVersion/kind: expected {API_VERSION} {KIND}, got "
+                f"{obj.get('apiVersion')!r} {obj.get('kind')!r}"
+            ]
         )
     try:
         return AcceleratedModel.model_validate(dict(obj))

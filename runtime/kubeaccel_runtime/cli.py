@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
-
 from kubeaccel_api import __version__
+from rich.console import Console
 
 # name -> "module:attribute" of a click command, imported on first use.
 LAZY_COMMANDS: dict[str, str] = {}
@@ -48,8 +47,11 @@ def version() -> None:
 @main.command()
 @click.option("--write", is_flag=True, help="Write crds/ and the chart's CRD template.")
 @click.option(
-    "--root", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-    show_default=True, help="Repository root to write under.",
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Repository root to write under.",
 )
 def crd(write: bool, root: Path) -> None:
     """Print (or write) the AcceleratedModel CustomResourceDefinition."""
@@ -64,8 +66,13 @@ def crd(write: bool, root: Path) -> None:
 
 @main.command()
 @click.option(
-    "-f", "--filename", "files", multiple=True, required=True,
-    type=click.Path(dir_okay=False, path_type=Path), help="AcceleratedModel YAML (repeatable).",
+    "-f",
+    "--filename",
+    "files",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="AcceleratedModel YAML (repeatable).",
 )
 def validate(files: tuple[Path, ...]) -> None:
     """Check AcceleratedModel files; print each problem with its field path."""

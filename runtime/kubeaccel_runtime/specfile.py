@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 from kubeaccel_api.validation import InvalidResource, parse_resource
 
@@ -39,7 +38,8 @@ def check_file(path: Path) -> tuple[list[AcceleratedModel], list[Problem]]:
         return [], [Problem(path, 0, f"not valid YAML: {exc}")]
     if not docs:
         return [], [Problem(path, 0, "no AcceleratedModel found in file")]
-    resources, problems = [], []
+    resources: list[AcceleratedModel] = []
+    problems: list[Problem] = []
     for i, doc in enumerate(docs):
         try:
             resources.append(parse_resource(doc))  # type: ignore[arg-type]
@@ -54,5 +54,7 @@ def load_one(path: Path) -> AcceleratedModel:
     if problems:
         raise InvalidResource([str(p) for p in problems])
     if len(resources) != 1:
-        raise InvalidResource([f"{path}: expected exactly one AcceleratedModel, found {len(resources)}"])
+        raise InvalidResource(
+            [f"{path}: expected exactly one AcceleratedModel, found {len(resources)}"]
+        )
     return resources[0]

@@ -1,0 +1,101 @@
+"""The AcceleratedModel models: defaults, wire form, and the invalid-resource catalogue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from kubeaccel_api.artifact import artifact_id
+from kubeaccel_api.v1alpha1 import (
+    AcceleratedModelSpec,
+    ExecutionProvider,
+    QuantizationMode,
+)
+from kubeaccel_api.validation import InvalidResource, parse_resource
+
+INVALID_DIR = Path(__file__).parent / "invalid"
+INVALID = sorted(INVALID_DIR.glob("*.yaml"))
+
+
+def _expected(path: Path) -> str:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), f"{path.name} must start with '# expect: <message>'"
+    return first.removeprefix("# expect: ")
+
+
+MINIMAL = {
+    "source": {"uri": "file://m.onnx", "sha256": "0" * 64},
+    "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 4]}],
+}
+
+
+def test_the_invalid_catalogue_has_at_least_fifteen_cases() -> None:
+    assert len(INVALID) >= 15
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_each_invalid_resource_fails_with_its_field_path_message(path: Path) -> None:
+    with pytest.raises(InvalidResource) as exc:
+        parse_resource(yaml.safe_load(path.read_text()))
+    expected = _expected(path)
+    assert any(line.startswith(expected) for line in exc.value.problems), exc.value.problems
+
+
+def test_a_minimal_spec_gets_safe_defaults() -> None:
+    spec = AcceleratedModelSpec.model_validate(MINIMAL)
+    assert spec.optimization.quantization.mode is QuantizationMode.NONE
+    assert spec.optimization.partition.shards == 1
+    assert spec.runtime.execution_provider is ExecutionProvider.AUTO
+    assert spec.runtime.resources.gpu_resource_name == "nvidia.com/gpu"
+    assert spec.limits.max_request_bytes == 16 * 1024 * 1024
+
+
+def test_wire_form_is_camel_case_and_omits_absent_fields() -> None:
+    wire = AcceleratedModelSpec.model_validate(MINIMAL).to_wire()
+    assert wire["runtime"]["resources"]["gpuResourceName"] == "nvidia.com/gpu"
+    assert "pruning" not in wire["optimization"]
+    assert wire["limits"]["maxRequestBytes"] == 16 * 1024 * 1024
+    assert AcceleratedModelSpec.model_validate(wire) == AcceleratedModelSpec.model_validate(MINIMAL)
+
+
+def test_snake_case_names_are_accepted_in_python() -> None:
+    spec = AcceleratedModelSpec.model_validate(
+        {**MINIMAL, "runtime": {"execution_provider": "cpu"}}
+    )
+    assert spec.runtime.execution_provider is ExecutionProvider.CPU
+
+
+def test_every_problem_is_reported_not_only_the_first() -> None:
+    bad = {
+        "apiVersion": "kubeaccel.io/v1alpha1",
+        "kind": "AcceleratedModel",
+        "metadata": {"name": "m"},
+        "spec": {
+            **MINIMAL,
+            "optimization": {"pruning": {"sparsity": 2}, "partition": {"shards": 0}},
+        },
+    }
+    with pytest.raises(InvalidResource) as exc:
+        parse_resource(bad)
+    assert len(exc.value.problems) == 2
+
+
+def test_a_non_mapping_document_is_a_clear_error() -> None:
+    with pytest.raises(InvalidResource, match="expected a mapping"):
+        parse_resource(["not", "a", "resource"])  # type: ignore[arg-type]
+
+
+def test_artifact_id_changes_with_source_and_optimization_only() -> None:
+    spec = AcceleratedModelSpec.model_validate(MINIMAL)
+    same = spec.model_copy(update={"runtime": spec.runtime.model_copy(update={"replicas": 5})})
+    new_source = AcceleratedModelSpec.model_validate(
+        {**MINIMAL, "source": {"uri": "file://m.onnx", "sha256": "1" * 64}}
+    )
+    new_opt = AcceleratedModelSpec.model_validate(
+        {**MINIMAL, "optimization": {"quantization": {"mode": "dynamic-int8"}}}
+    )
+    ids = {artifact_id(spec), artifact_id(new_source), artifact_id(new_opt)}
+    assert len(ids) == 3
+    assert artifact_id(same) == artifact_id(spec)
+    assert len(artifact_id(spec)) == 16
