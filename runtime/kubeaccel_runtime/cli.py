@@ -90,3 +90,7 @@ def validate(files: tuple[Path, ...]) -> None:
             names = ", ".join(r.metadata.name for r in resources)
             out.print(f"[green]✓[/green] {path}: {names}", highlight=False, soft_wrap=True)
     sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
