@@ -427,14 +427,20 @@ def test_operator_settings_come_from_values(render: Render) -> None:
             "watchNamespaces": ["ml"],
             "gpuResourceName": "amd.com/gpu",
             "workers": 7,
-            "extraEnv": [{"name": "EXTRA", "value": "1"}],
+            "runtimeImage": {"pullPolicy": "Always"},
+            "logFormat": "plain",
+            "verbose": True,
+            "extraEnv": [{"name": "KUBEACCEL_TIMER_INTERVAL", "value": "5"}],
         }
     )
     env = env_of(operator_container(objects))
     assert env["KUBEACCEL_NAMESPACES"] == "ml"
     assert env["KUBEACCEL_GPU_RESOURCE_NAME"] == "amd.com/gpu"
     assert env["KUBEACCEL_WORKERS"] == "7"
-    assert env["EXTRA"] == "1"
+    assert env["KUBEACCEL_IMAGE_PULL_POLICY"] == "Always"
+    assert env["KUBEACCEL_LOG_FORMAT"] == "plain"
+    assert env["KUBEACCEL_VERBOSE"] == "true"
+    assert env["KUBEACCEL_TIMER_INTERVAL"] == "5"
 
 
 def test_image_tags_default_to_the_app_version(default_objects: list[dict[str, Any]]) -> None:
@@ -520,3 +526,34 @@ def test_notes_tell_the_user_the_next_commands(render: Render, tmp_path: Path) -
         assert f"kubectl apply -n {namespace} -f examples/cnn.yaml" in notes
         assert f"kubectl get am -n {namespace}" in notes
         assert "/v2/models/cnn" in notes
+
+
+@pytest.mark.parametrize("watch", [[], ["team-a", "team-b"]], ids=["cluster-wide", "namespaced"])
+def test_the_operator_accepts_every_setting_the_chart_gives_it(
+    render: Render, watch: list[str]
+) -> None:
+    try:
+        settings_module = importlib.import_module("kubeaccel_operator.settings")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("kubeaccel_operator.settings", "kubeaccel_operator"):
+            raise
+        pytest.skip("kubeaccel_operator.settings does not exist yet (operator not built)")
+    container = operator_container(render({"watchNamespaces": watch}))
+    env = env_of(container)
+    fields = set(settings_module.Settings.model_fields)
+    unknown = [
+        name
+        for name in env
+        if name.startswith("KUBEACCEL_") and name.removeprefix("KUBEACCEL_").lower() not in fields
+    ]
+    assert not unknown, f"the operator reads no setting named {unknown}"
+    settings = settings_module.Settings.from_env(env)
+    assert tuple(settings.namespaces) == tuple(sorted(watch))
+    assert settings.runtime_image == f"kubeaccel/runtime:{__version__}"
+    assert settings.optimizer_image == settings.runtime_image
+    assert settings.gpu_resource_name == "nvidia.com/gpu"
+    # The probe and the operator agree on kopf's liveness endpoint.
+    port = next(p for p in container["ports"] if p["name"] == "health")["containerPort"]
+    assert settings.liveness_endpoint == f"http://0.0.0.0:{port}/healthz"
+    # One replica only makes sense without peering.
+    assert settings.standalone
