@@ -326,9 +326,11 @@ def test_per_namespace_rbac_renders_a_role_and_binding_in_each_namespace(render:
     for binding in bindings:
         assert binding["roleRef"]["kind"] == "Role"
         assert binding["subjects"][0]["namespace"] == NAMESPACE
-    # Namespaced resources are granted only inside the watched namespaces ...
+    # Namespaced resources are granted only inside the watched namespaces (the operator
+    # needs nothing cluster-scoped, so nothing is bound cluster-wide) ...
     cluster_grants = grants(of_kind(objects, "ClusterRole"))
     assert set(cluster_grants) <= CLUSTER_SCOPED, sorted(set(cluster_grants) - CLUSTER_SCOPED)
+    assert not of_kind(objects, "ClusterRoleBinding")
     for role in roles:
         assert not set(grants([role])) & CLUSTER_SCOPED
     # ... and both modes grant the same permissions overall.

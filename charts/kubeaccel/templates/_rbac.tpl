@@ -3,69 +3,63 @@ The operator's permissions, least privilege. tests/test_charts compares the unio
 rules with kubeaccel_operator.kube.REQUIRED_PERMISSIONS (every API call the operator and kopf
 make): keep both in step, with exactly the same verbs.
 
-Rules on cluster-scoped resources always live in a ClusterRole; rules on namespaced
-resources live in the same ClusterRole (watchNamespaces empty) or in a Role in each watched
-namespace.
+kopf runs with resource scanning disabled and standalone (one replica, no peering), so it
+needs no cluster-scoped access at all (no CRDs, namespaces or clusterkopfpeerings): every
+rule is on namespaced resources, granted by one ClusterRole (watchNamespaces empty) or by a
+Role in each watched namespace.
 */}}
 
 {{/*
-Framework, cluster-scoped: kopf observes CRDs (to find the AcceleratedModel resource as it is
-served) and namespaces (to follow the watched set as namespaces come and go).
+Framework (kopf): it watches the resources it handles, patches them (its progress
+annotations) and their status, and posts Events about them.
 */}}
-{{- define "kubeaccel.rules.framework.cluster" -}}
-- apiGroups: ["apiextensions.k8s.io"]
-  resources: ["customresourcedefinitions"]
-  verbs: ["list", "watch"]
-- apiGroups: [""]
-  resources: ["namespaces"]
-  verbs: ["list", "watch"]
-{{- end }}
-
-{{/*
-Framework, namespaced: kopf posts Events on the objects it handles. The operator runs one
-replica in standalone mode (no peering), so no kopfpeerings access.
-*/}}
-{{- define "kubeaccel.rules.framework.namespaced" -}}
+{{- define "kubeaccel.rules.framework" -}}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: ["kubeaccel.io"]
+  resources: ["acceleratedmodels"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["kubeaccel.io"]
+  resources: ["acceleratedmodels/status"]
+  verbs: ["patch"]
 {{- end }}
 
 {{/*
-Application, namespaced: what the reconciler reads and writes.
+Application (the kubeaccel reconciler in kubeaccel_operator.kube): children are written with
+server-side apply (patch) by deterministic name and observed by label (list); Jobs and
+Deployments are also watched, so their progress triggers a reconcile.
 */}}
 {{- define "kubeaccel.rules.application" -}}
-# The resources it handles; kopf patches annotations (progress) and status.
+# Re-reads the resource before acting on it.
 - apiGroups: ["kubeaccel.io"]
   resources: ["acceleratedmodels"]
-  verbs: ["get", "list", "watch", "patch"]
-- apiGroups: ["kubeaccel.io"]
-  resources: ["acceleratedmodels/status"]
-  verbs: ["get", "patch"]
-# The optimization Job; Jobs are immutable, a new artifact gets a new Job.
+  verbs: ["get"]
+# The spec handed to the optimization Job.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+# The artifacts volume (created once; never deleted by hand, its owner reference does it).
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "list", "create", "patch"]
+# The optimization Job; a new artifact gets a new Job.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # The Job's pod: its termination message carries the optimization summary.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
-# The spec handed to the Job, and the artifacts volume.
+  verbs: ["list"]
+# One Deployment and Service per shard, the model's main Service, and a
+# PodDisruptionBudget for shards with more than one replica.
 - apiGroups: [""]
-  resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-- apiGroups: [""]
-  resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "create"]
-# One Deployment and Service per shard, plus the model's main Service.
+  resources: ["services"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-- apiGroups: [""]
-  resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Shards with more than one replica get a PodDisruptionBudget.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 {{- end }}

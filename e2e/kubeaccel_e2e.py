@@ -1,0 +1,293 @@
+"""Helpers of the e2e suite: the cluster check, kubectl, waits with deadlines, HTTP.
+
+The suite waits on conditions with deadlines (`kubectl wait`, polling under a deadline),
+never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "kubeaccel"
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (ROOT / "operator/kubeaccel_api/version.py").read_text()
+)[1]  # type: ignore[index]
+OPERATOR_IMAGE = os.environ.get("KUBEACCEL_E2E_OPERATOR_IMAGE", f"kubeaccel/operator:{VERSION}")
+RUNTIME_IMAGE = os.environ.get("KUBEACCEL_E2E_RUNTIME_IMAGE", f"kubeaccel/runtime:{VERSION}")
+GPU_RUNTIME_IMAGE = os.environ.get(
+    "KUBEACCEL_E2E_GPU_RUNTIME_IMAGE", f"kubeaccel/runtime:{VERSION}-gpu"
+)
+RELEASE = "kubeaccel-e2e"
+RELEASE_NAMESPACE = "kubeaccel-e2e-system"
+# Optimizing on a small kind node takes minutes; slow machines raise this.
+READY_TIMEOUT = float(os.environ.get("KUBEACCEL_E2E_TIMEOUT", "900"))
+SHORT_TIMEOUT = 180.0
+
+
+# --------------------------------------------------------------------------- the skip
+
+
+def find_helm() -> str | None:
+    """$HELM, then .tools/bin/helm (scripts/get-helm.sh), then helm on PATH."""
+    for candidate in (os.environ.get("HELM"), str(ROOT / ".tools" / "bin" / "helm")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("helm")
+
+
+def kubeconfig_paths() -> list[Path]:
+    """The kubeconfig files kubectl would read."""
+    if os.environ.get("KUBECONFIG"):
+        return [Path(p) for p in os.environ["KUBECONFIG"].split(os.pathsep) if p]
+    return [Path.home() / ".kube" / "config"]
+
+
+def cluster_problem() -> str | None:
+    """Why the e2e suite cannot run here, or None when a cluster is reachable."""
+    hint = "`make e2e` creates a kind cluster (needs docker and kind"
+    missing = [tool for tool in ("docker", "kind") if shutil.which(tool) is None]
+    hint += f"; missing here: {', '.join(missing)})" if missing else ")"
+    if shutil.which("kubectl") is None:
+        return f"kubectl is not installed; {hint}"
+    # Without a kubeconfig kubectl falls back to localhost:8080, which is never a cluster
+    # we mean to test (and may be some other local server).
+    if not any(p.is_file() for p in kubeconfig_paths()):
+        return (
+            f"no cluster: no kubeconfig at {os.pathsep.join(map(str, kubeconfig_paths()))}; {hint}"
+        )
+    proc = subprocess.run(
+        ["kubectl", "cluster-info", "--request-timeout=5s"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if proc.returncode != 0:
+        first = (proc.stderr.strip().splitlines() or ["no answer"])[-1][:200]
+        return f"no cluster reachable (kubectl cluster-info: {first}); {hint}"
+    if find_helm() is None:
+        return "a cluster is reachable but helm is missing: run scripts/get-helm.sh"
+    return None
+
+
+# --------------------------------------------------------------------------- kubectl
+
+
+class CommandError(AssertionError):
+    """A kubectl/helm command failed; carries its stderr."""
+
+    def __init__(self, args: list[str], proc: subprocess.CompletedProcess[str]) -> None:
+        super().__init__(f"{' '.join(args)} -> exit {proc.returncode}\n{proc.stderr.strip()}")
+        self.stderr = proc.stderr
+
+
+def sh(
+    args: list[str], *, input: str | None = None, timeout: float = 120.0, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run a command; raise CommandError on failure when check."""
+    proc = subprocess.run(
+        args, input=input, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc)
+    return proc
+
+
+@dataclass(frozen=True)
+class Kube:
+    """kubectl bound to one namespace."""
+
+    namespace: str
+
+    def __call__(
+        self, *args: str, input: str | None = None, timeout: float = 120.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return sh(
+            ["kubectl", "-n", self.namespace, *args], input=input, timeout=timeout, check=check
+        )
+
+    def get(
+        self,
+        kind: str,
+        name: str | None = None,
+        *,
+        selector: str | None = None,
+        ignore_missing: bool = False,
+    ) -> Any:
+        """An object (or a List) as JSON."""
+        args = ["get", kind, *([name] if name else []), "-o", "json"]
+        if selector:
+            args += ["-l", selector]
+        if ignore_missing:
+            args.append("--ignore-not-found")
+        out = self(*args).stdout
+        return json.loads(out) if out.strip() else None
+
+    def names(self, kind: str, selector: str) -> set[str]:
+        """Names of the objects of a kind that match a label selector."""
+        return {o["metadata"]["name"] for o in self.get(kind, selector=selector)["items"]}
+
+    def apply(
+        self, obj: dict[str, Any], *, dry_run: bool = False, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Server-side apply with strict field validation."""
+        args = [
+            "apply",
+            "--server-side",
+            "--field-manager=kubeaccel-e2e",
+            "--validate=strict",
+            "-f",
+            "-",
+        ]
+        if dry_run:
+            args.append("--dry-run=server")
+        return self(*args, input=json.dumps(obj), check=check)
+
+    def wait(self, target: str, condition: str, timeout: float) -> None:
+        """`kubectl wait --for=<condition>` with a deadline."""
+        self(
+            "wait", target, f"--for={condition}", f"--timeout={int(timeout)}s", timeout=timeout + 30
+        )
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: float = 2.0) -> Any:
+    """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)  # a poll interval under a deadline, not a fixed wait
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    """A status condition by type."""
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+@contextmanager
+def port_forward(kube: Kube, target: str, port: int) -> Iterator[str]:
+    """`kubectl port-forward <target> :<port>`; yields the local base URL."""
+    proc = subprocess.Popen(
+        [
+            "kubectl",
+            "-n",
+            kube.namespace,
+            "port-forward",
+            target,
+            f":{port}",
+            "--address",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:41234 -> 8080"
+        match = re.search(r"127\.0\.0\.1:(\d+)", line)
+        if not match:
+            err = proc.stderr.read() if proc.stderr else ""
+            pytest.fail(f"port-forward {target} failed: {line}{err}")
+        yield f"http://127.0.0.1:{match[1]}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+    """One JSON request; returns (status, decoded body)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, raw.decode(errors="replace")
+
+
+def infer_body(resource: dict[str, Any], batch: int = 1) -> dict[str, Any]:
+    """An OIP v2 request that satisfies the resource's inputs contract (zeros)."""
+    inputs = []
+    for spec in resource["spec"]["inputs"]:
+        shape = [batch if d == -1 else d for d in spec["shape"]]
+        count = 1
+        for d in shape:
+            count *= d
+        datatype = {
+            "float32": "FP32",
+            "float16": "FP16",
+            "float64": "FP64",
+            "int64": "INT64",
+            "int32": "INT32",
+            "int8": "INT8",
+            "uint8": "UINT8",
+            "int16": "INT16",
+            "bool": "BOOL",
+        }[spec["dtype"]]
+        value: Any = False if datatype == "BOOL" else 0
+        inputs.append(
+            {"name": spec["name"], "shape": shape, "datatype": datatype, "data": [value] * count}
+        )
+    return {"inputs": inputs}
+
+
+def split_image(ref: str) -> tuple[str, str]:
+    """repository, tag of an image reference."""
+    repo, _, tag = ref.rpartition(":")
+    if not repo or "/" in tag:
+        return ref, "latest"
+    return repo, tag
+
+
+def image_example(image: str, name: str) -> str | None:
+    """examples/<name>.yaml as baked into the runtime image (its sha256 matches the model
+    built in the image), or None when docker or the image is not here."""
+    if shutil.which("docker") is None:
+        return None
+    proc = sh(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--pull=never",
+            "--entrypoint",
+            "cat",
+            image,
+            f"/app/examples/{name}.yaml",
+        ],
+        check=False,
+        timeout=120,
+    )
+    return proc.stdout if proc.returncode == 0 else None
