@@ -15,7 +15,9 @@ from kubeaccel_api import __version__
 from rich.console import Console
 
 # name -> "module:attribute" of a click command, imported on first use.
-LAZY_COMMANDS: dict[str, str] = {}
+LAZY_COMMANDS: dict[str, str] = {
+    "serve": "kubeaccel_runtime.serve.cli:serve",
+}
 
 
 class LazyGroup(click.Group):

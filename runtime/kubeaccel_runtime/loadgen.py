@@ -1,0 +1,267 @@
+"""A small Open Inference Protocol v2 load generator (used by bench/ and `kubeaccel bench`).
+
+Closed loop: `concurrency` workers each send the same pre-encoded request, wait for the
+answer, and repeat until `requests` answers or `duration_s` seconds, whichever comes
+first. Two engines: `raw` (HTTP/1.1 keep-alive on asyncio streams, a few microseconds per
+request, so the client does not hide the server's cost) and `httpx` (any URL, TLS,
+redirects). Loopback only by design of its callers; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+from kubeaccel_runtime.client import decode_response, encode_request
+
+Engine = Literal["raw", "httpx"]
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What to send, how hard, and for how long."""
+
+    url: str  # base URL, e.g. http://127.0.0.1:8080
+    model: str
+    inputs: Mapping[str, np.ndarray[Any, Any]]
+    binary: bool = True
+    concurrency: int = 1
+    requests: int | None = 1000
+    duration_s: float | None = 10.0
+    warmup: int = 20
+    engine: Engine = "raw"
+    timeout_s: float = 30.0
+    check_first: bool = True  # decode the first answer; fail fast on a broken server
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """Latency percentiles (ms) and throughput of one run."""
+
+    requests: int
+    errors: int
+    elapsed_s: float
+    rps: float
+    items_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict (for JSON reports)."""
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "rps": round(self.rps, 1),
+            "items_per_s": round(self.items_per_s, 1),
+            "p50_ms": round(self.p50_ms, 3),
+            "p90_ms": round(self.p90_ms, 3),
+            "p99_ms": round(self.p99_ms, 3),
+            "mean_ms": round(self.mean_ms, 3),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+        }
+
+
+class LoadError(RuntimeError):
+    """The target did not answer the first request correctly."""
+
+
+def summarize(
+    latencies_s: list[float], statuses: Counter[int], elapsed: float, rows: int
+) -> LoadResult:
+    """Percentiles and rates from raw per-request latencies."""
+    ok = statuses.get(200, 0)
+    total = sum(statuses.values())
+    lat = np.asarray(latencies_s, dtype=np.float64) * 1000.0
+    if lat.size:
+        p50, p90, p99 = (float(v) for v in np.percentile(lat, [50, 90, 99]))
+        mean = float(lat.mean())
+    else:
+        p50 = p90 = p99 = mean = float("nan")
+    return LoadResult(
+        requests=total,
+        errors=total - ok,
+        elapsed_s=elapsed,
+        rps=ok / elapsed if elapsed > 0 else 0.0,
+        items_per_s=ok * rows / elapsed if elapsed > 0 else 0.0,
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        mean_ms=mean,
+        statuses=dict(statuses),
+    )
+
+
+class _Budget:
+    """Shared stop condition: a request count and a deadline."""
+
+    def __init__(self, requests: int | None, duration_s: float | None) -> None:
+        self.left = requests
+        self.deadline = time.perf_counter() + duration_s if duration_s else None
+
+    def take(self) -> bool:
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            return False
+        if self.left is None:
+            return True
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+
+class _RawConnection:
+    """One keep-alive HTTP/1.1 connection sending one fixed request."""
+
+    def __init__(self, host: str, port: int, request: bytes, timeout: float) -> None:
+        self.host, self.port, self.request, self.timeout = host, port, request, timeout
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def send(self) -> tuple[int, dict[str, str], bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(self.request)
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), self.timeout)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        if "content-length" in headers:
+            body = await asyncio.wait_for(
+                self.reader.readexactly(int(headers["content-length"])), self.timeout
+            )
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            body = await asyncio.wait_for(self._chunked(), self.timeout)
+        else:
+            body = await asyncio.wait_for(self.reader.read(), self.timeout)
+            await self.close()
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return status, headers, body
+
+    async def _chunked(self) -> bytes:
+        assert self.reader is not None
+        parts: list[bytes] = []
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            chunk = await self.reader.readexactly(size + 2)
+            if size == 0:
+                return b"".join(parts)
+            parts.append(chunk[:-2])
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await self.writer.wait_closed()
+        self.reader = self.writer = None
+
+
+def _raw_request(spec: LoadSpec, body: bytes, headers: Mapping[str, str]) -> tuple[str, int, bytes]:
+    parts = urlsplit(spec.url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"the raw engine needs an http:// URL, got {spec.url!r}")
+    port = parts.port or 80
+    path = f"{parts.path.rstrip('/')}/v2/models/{spec.model}/infer"
+    lines = [f"POST {path} HTTP/1.1", f"Host: {parts.hostname}:{port}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    lines += [f"Content-Length: {len(body)}", "", ""]
+    return parts.hostname, port, "\r\n".join(lines).encode() + body
+
+
+def _rows(spec: LoadSpec) -> int:
+    first = next(iter(spec.inputs.values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+async def run_load(spec: LoadSpec) -> LoadResult:
+    """Run one closed-loop load test and return its figures."""
+    body, headers = encode_request(spec.inputs, binary=spec.binary, binary_outputs=spec.binary)
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+
+    if spec.engine == "raw":
+        host, port, request = _raw_request(spec, body, headers)
+        conns = [
+            _RawConnection(host, port, request, spec.timeout_s) for _ in range(spec.concurrency)
+        ]
+
+        async def call(i: int) -> tuple[int, dict[str, str], bytes]:
+            return await conns[i].send()
+
+        async def close() -> None:
+            for c in conns:
+                await c.close()
+    else:
+        limits = httpx.Limits(
+            max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency
+        )
+        http = httpx.AsyncClient(base_url=spec.url, timeout=spec.timeout_s, limits=limits)
+        path = f"/v2/models/{spec.model}/infer"
+
+        async def call(i: int) -> tuple[int, dict[str, str], bytes]:
+            r = await http.post(path, content=body, headers=dict(headers))
+            return r.status_code, dict(r.headers), r.content
+
+        async def close() -> None:
+            await http.aclose()
+
+    try:
+        status, resp_headers, resp_body = await call(0)
+        if spec.check_first:
+            if status != 200:
+                raise LoadError(f"first request answered HTTP {status}: {resp_body[:300]!r}")
+            decode_response(resp_body, resp_headers)
+        warm = _Budget(spec.warmup, None)
+
+        async def warmup(i: int) -> None:
+            while warm.take():
+                await call(i)
+
+        await asyncio.gather(*(warmup(i) for i in range(spec.concurrency)))
+        budget = _Budget(spec.requests, spec.duration_s)
+
+        async def worker(i: int) -> None:
+            while budget.take():
+                t0 = time.perf_counter()
+                try:
+                    code, _, _ = await call(i)
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, httpx.HTTPError):
+                    code = 0
+                    if spec.engine == "raw":
+                        await conns[i].close()
+                latencies.append(time.perf_counter() - t0)
+                statuses[code] += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(spec.concurrency)))
+        elapsed = time.perf_counter() - started
+    finally:
+        await close()
+    return summarize(latencies, statuses, elapsed, _rows(spec))
+
+
+def run(spec: LoadSpec) -> LoadResult:
+    """run_load on a fresh event loop (uvloop when installed)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(run_load(spec))
+    return uvloop.run(run_load(spec))

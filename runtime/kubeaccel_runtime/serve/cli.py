@@ -1,0 +1,200 @@
+"""`kubeaccel serve`: serve one shard of an artifact over Open Inference Protocol v2.
+
+The HTTP server starts at once (live, not ready) and the shard loads in a background
+thread: digests first, then the onnxruntime session. If loading fails, readiness says
+why and the process exits with status 1 after `--fail-exit-seconds`, so Kubernetes shows
+a crash loop with a readable reason instead of a silent not-ready pod.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+import sys
+import threading
+from pathlib import Path
+
+import click
+from kubeaccel_api.constants import RUNTIME_PORT
+from kubeaccel_api.v1alpha1 import AcceleratedModelSpec, ExecutionProvider
+from pydantic import ValidationError
+
+from kubeaccel_runtime.artifact_manifest import ArtifactInvalid, read_manifest
+from kubeaccel_runtime.serve.app import ModelSlot, ServeSettings, create_app
+from kubeaccel_runtime.serve.chain import ChainConfig
+from kubeaccel_runtime.serve.logs import logging_config
+from kubeaccel_runtime.serve.server import ServerOptions, build_server
+from kubeaccel_runtime.serve.session import LoadError, SessionConfig, load_shard
+
+log = logging.getLogger("kubeaccel.serve")
+SPEC_ENV = "KUBEACCEL_SPEC"
+
+
+def resolve_spec(spec_file: Path | None, artifacts: Path) -> AcceleratedModelSpec | None:
+    """The spec from --spec, else $KUBEACCEL_SPEC, else None (use the manifest's)."""
+    if spec_file is not None:
+        from kubeaccel_runtime.specfile import load_one
+
+        return load_one(spec_file).spec
+    raw = os.environ.get(SPEC_ENV)
+    if raw:
+        return AcceleratedModelSpec.model_validate_json(raw)
+    try:
+        return read_manifest(artifacts).parsed_spec()
+    except (ArtifactInvalid, ValidationError):
+        return None  # reported by the loader, which re-reads and verifies the artifact
+
+
+def settings_for(
+    spec: AcceleratedModelSpec | None, next_url: str | None, workers: int
+) -> ServeSettings:
+    """Server settings from the spec's runtime/limits sections and the CLI flags."""
+    chain = ChainConfig(next_url=next_url) if next_url else None
+    if spec is None:
+        return ServeSettings(chain=chain, run_workers=workers)
+    batching = spec.runtime.batching
+    return ServeSettings(
+        batching=batching.enabled,
+        max_batch_size=batching.max_batch_size,
+        max_delay_ms=batching.max_delay_ms,
+        chain=chain,
+        run_workers=workers,
+        max_request_bytes=spec.limits.max_request_bytes,
+    )
+
+
+@click.command("serve")
+@click.option(
+    "--artifacts",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Artifact directory (<out>/<artifact-id>) holding manifest.json and the shards.",
+)
+@click.option(
+    "--shard", default=0, show_default=True, type=click.IntRange(min=0), help="Shard index."
+)
+@click.option(
+    "--next",
+    "next_url",
+    default=None,
+    help="Base URL of the next shard, e.g. http://m-shard-1:8080.",
+)
+@click.option("--port", default=RUNTIME_PORT, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option(
+    "--spec",
+    "spec_file",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"AcceleratedModel YAML/JSON (default: ${SPEC_ENV}, else the manifest's spec).",
+)
+@click.option(
+    "--provider",
+    type=click.Choice([p.value for p in ExecutionProvider]),
+    default=None,
+    help="Override spec.runtime.executionProvider.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="onnxruntime intra-op threads (default: the cgroup CPU limit).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Concurrent session calls.",
+)
+@click.option(
+    "--drain-seconds",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Not-ready time before stopping on SIGTERM.",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Longest wait for in-flight requests.",
+)
+@click.option(
+    "--fail-exit-seconds",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Exit 1 this long after a failed load.",
+)
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
+)
+def serve(
+    artifacts: Path,
+    shard: int,
+    next_url: str | None,
+    port: int,
+    host: str,
+    spec_file: Path | None,
+    provider: str | None,
+    threads: int | None,
+    workers: int,
+    drain_seconds: float,
+    shutdown_timeout: float,
+    fail_exit_seconds: float,
+    log_level: str,
+) -> None:
+    """Serve shard SHARD of an artifact with the Open Inference Protocol v2."""
+    logging.config.dictConfig(logging_config(log_level))
+    try:
+        spec = resolve_spec(spec_file, artifacts)
+    except (ValueError, OSError) as exc:  # InvalidResource and ValidationError are ValueErrors
+        click.echo(f"error: cannot read the spec: {exc}", err=True)
+        sys.exit(1)
+    try:
+        name = read_manifest(artifacts).model_name
+    except ArtifactInvalid:
+        name = artifacts.name  # load fails below with the precise reason
+    slot = ModelSlot(name)
+    app = create_app(slot, settings_for(spec, next_url, workers))
+    server = build_server(
+        app,
+        ServerOptions(
+            host=host,
+            port=port,
+            drain_seconds=drain_seconds,
+            shutdown_timeout_s=shutdown_timeout,
+            log_level=log_level,
+        ),
+    )
+    session_cfg = SessionConfig(
+        provider=ExecutionProvider(provider)
+        if provider
+        else (spec.runtime.execution_provider if spec else ExecutionProvider.AUTO),
+        intra_op_threads=threads,
+    )
+
+    def load() -> None:
+        try:
+            model = load_shard(
+                artifacts, shard, spec=spec, forwarding=next_url is not None, config=session_cfg
+            )
+        except LoadError as exc:
+            log.error(
+                "cannot serve: %s",
+                exc,
+                extra={"artifacts": str(artifacts), "shard": shard, "exit_in_s": fail_exit_seconds},
+            )
+            slot.fail(str(exc))
+            server.stop_after(fail_exit_seconds, exit_code=1)
+            return
+        if app.settings.batching and not model.batching_capable:
+            log.warning("batching disabled: inputs/outputs lack a dynamic dimension 0")
+        slot.set(model)
+
+    threading.Thread(target=load, name="load-shard", daemon=True).start()
+    server.run()
+    sys.exit(server.exit_code)

@@ -1,0 +1,223 @@
+"""The OpenAPI 3.1 document of the runtime API, generated from the pydantic schemas.
+
+`python -m kubeaccel_runtime.serve.openapi --write docs/openapi-runtime.json` regenerates
+the committed copy; a test fails when it is stale.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from kubeaccel_api import __version__
+from pydantic.json_schema import models_json_schema
+
+from kubeaccel_runtime.serve.schemas import (
+    ErrorResponse,
+    HealthResponse,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ServerMetadata,
+)
+
+_REF = "#/components/schemas/{model}"
+_MODELS = (
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+    ServerMetadata,
+    HealthResponse,
+    ErrorResponse,
+)
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": _REF.format(model=name)}
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "Invalid request: the message names the input and what was expected.",
+        404: "Unknown model or version.",
+        405: "Wrong HTTP method.",
+        413: "Body larger than limits.maxRequestBytes.",
+        415: "Compressed bodies are not accepted.",
+        422: "An output held NaN/Inf and its contract rejects them.",
+        500: "The model broke its own output contract, or onnxruntime failed.",
+        502: "The next shard answered with an error.",
+        503: "Not ready (loading, failed, shutting down, overloaded, next shard down).",
+    }
+    return {str(c): _json("ErrorResponse", text[c]) for c in codes}
+
+
+_MODEL_PARAMS = [
+    {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}},
+]
+_VERSION_PARAM = {
+    "name": "model_version",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
+_BINARY_BODY = {
+    "description": (
+        "Binary tensor data extension: the first Inference-Header-Content-Length bytes are "
+        "an InferenceRequest JSON; the raw little-endian tensors follow in input order, "
+        "each announced by parameters.binary_data_size."
+    ),
+    "schema": {"type": "string", "format": "binary"},
+}
+_HEADER_PARAM = {
+    "name": "Inference-Header-Content-Length",
+    "in": "header",
+    "required": False,
+    "description": "Length of the JSON header when binary tensor data follows it.",
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+
+def _model_paths(prefix: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+    infer = {
+        "post": {
+            "summary": "Run inference (JSON tensors or the binary tensor data extension).",
+            "operationId": "infer" + ("_version" if "versions" in prefix else ""),
+            "parameters": [*params, _HEADER_PARAM],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _ref("InferenceRequest")},
+                    "application/octet-stream": _BINARY_BODY,
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "Outputs; binary outputs follow the JSON header.",
+                    "content": {
+                        "application/json": {"schema": _ref("InferenceResponse")},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        },
+                    },
+                },
+                **_errors(400, 404, 405, 413, 415, 422, 500, 502, 503),
+            },
+        }
+    }
+    suffix = "_version" if "versions" in prefix else ""
+    return {
+        prefix: {
+            "get": {
+                "summary": "Model metadata: inputs and outputs with datatypes and shapes.",
+                "operationId": "model_metadata" + suffix,
+                "parameters": params,
+                "responses": {
+                    "200": _json("ModelMetadata", "Model metadata."),
+                    **_errors(404, 503),
+                },
+            }
+        },
+        prefix + "/ready": {
+            "get": {
+                "summary": "Model readiness (including the next shard's, when chained).",
+                "operationId": "model_ready" + suffix,
+                "parameters": params,
+                "responses": {
+                    "200": _json("HealthResponse", "Ready."),
+                    **_errors(404),
+                    "503": _json("HealthResponse", "Not ready; `error` says why."),
+                },
+            }
+        },
+        prefix + "/infer": infer,
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    """The whole OpenAPI document (deterministic: same input, same bytes)."""
+    _, schemas = models_json_schema(
+        [(m, "validation" if m is InferenceRequest else "serialization") for m in _MODELS],
+        ref_template=_REF,
+    )
+    paths: dict[str, Any] = {
+        "/v2": {
+            "get": {
+                "summary": "Server metadata.",
+                "operationId": "server_metadata",
+                "responses": {"200": _json("ServerMetadata", "Name, version, extensions.")},
+            }
+        },
+        "/v2/health/live": {
+            "get": {
+                "summary": "Liveness: the process answers.",
+                "operationId": "live",
+                "responses": {"200": _json("HealthResponse", "Live.")},
+            }
+        },
+        "/v2/health/ready": {
+            "get": {
+                "summary": "Readiness: model loaded, not shutting down, next shard ready.",
+                "operationId": "ready",
+                "responses": {
+                    "200": _json("HealthResponse", "Ready."),
+                    "503": _json("HealthResponse", "Not ready; `error` says why."),
+                },
+            }
+        },
+        **_model_paths("/v2/models/{model_name}", _MODEL_PARAMS),
+        **_model_paths(
+            "/v2/models/{model_name}/versions/{model_version}", [*_MODEL_PARAMS, _VERSION_PARAM]
+        ),
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics.",
+                "operationId": "metrics",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "kubeaccel runtime (Open Inference Protocol v2)",
+            "version": __version__,
+            "description": (
+                "Open Inference Protocol v2 (KServe v2 / Triton) HTTP API of one kubeaccel "
+                "shard, with the binary tensor data extension. Every error is "
+                '{"error": "..."}.'
+            ),
+        },
+        "paths": paths,
+        "components": {"schemas": schemas.get("$defs", {})},
+    }
+
+
+def render() -> str:
+    """The document as committed: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(build_openapi(), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the document, or write it with `--write PATH`."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) == 2 and args[0] == "--write":
+        Path(args[1]).write_text(render())
+        return 0
+    sys.stdout.write(render())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
