@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_DOCKERFILES = [ROOT / "runtime" / "Dockerfile", ROOT / "runtime" / "Dockerfile.gpu"]
@@ -235,3 +236,18 @@ def test_dockerignore_keeps_host_outputs_and_secrets_out_of_the_context() -> Non
         "operator/kubeaccel_api/crd.py",
     ):
         assert is_sent(rel, rules), rel
+
+
+def test_images_chart_and_operator_agree_on_the_non_root_uid() -> None:
+    uids = {
+        p.name: [i.args for i in final_stage(parse(p)) if i.keyword == "USER"][-1].split(":")[0]
+        for p in RUNTIME_DOCKERFILES
+    }
+    chart_uid = yaml.safe_load((ROOT / "charts/kubeaccel/values.yaml").read_text())["runAsUser"]
+    assert set(uids.values()) == {str(chart_uid)}, uids
+    try:
+        from kubeaccel_operator.manifests import common
+    except ModuleNotFoundError:
+        pytest.skip("kubeaccel_operator.manifests.common does not exist yet")
+    # The pods the operator creates run the runtime image as this uid.
+    assert chart_uid == common.POD_UID
