@@ -1,0 +1,261 @@
+"""`kubeaccel optimize`: the optimization Job's entry point and the user command."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from kubeaccel_api.validation import InvalidResource
+from rich.console import Console
+from rich.table import Table
+
+from kubeaccel_runtime.artifact_manifest import ArtifactInvalid
+
+TERMINATION_LOG = Path("/dev/termination-log")
+TERMINATION_ENV = "KUBEACCEL_TERMINATION_LOG"
+# Kubernetes keeps at most 4096 bytes of a termination message.
+TERMINATION_LIMIT = 4096
+
+
+def termination_log_path() -> Path | None:
+    """$KUBEACCEL_TERMINATION_LOG, else /dev/termination-log when it exists."""
+    env = os.environ.get(TERMINATION_ENV)
+    if env:
+        return Path(env)
+    return TERMINATION_LOG if TERMINATION_LOG.exists() else None
+
+
+def compact(payload: dict[str, Any]) -> str:
+    """Compact JSON under the termination-message limit (candidates dropped if needed)."""
+    text = json.dumps(payload, separators=(",", ":"))
+    if len(text.encode()) > TERMINATION_LIMIT and "candidates" in payload:
+        text = json.dumps(
+            {k: v for k, v in payload.items() if k != "candidates"}, separators=(",", ":")
+        )
+    if len(text.encode()) > TERMINATION_LIMIT:
+        text = text.encode()[: TERMINATION_LIMIT - 1].decode(errors="ignore")
+    return text
+
+
+def write_termination_log(payload: dict[str, Any]) -> None:
+    """Write the summary (or error) where Kubernetes reads the container's last words."""
+    path = termination_log_path()
+    if path is None:
+        return
+    # Best effort: the exit code and stderr still tell the story.
+    with contextlib.suppress(OSError):
+        path.write_text(compact(payload))
+
+
+class RichProgress:
+    """Prints one line per finished stage, with a spinner while a stage runs."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._started: dict[str, float] = {}
+        self._status: Any = None
+
+    def start(self, stage: str, detail: str = "") -> None:
+        """Show a spinner for the running stage."""
+        self._started[stage] = time.perf_counter()
+        if self._status is not None:
+            self._status.stop()
+        self._status = self.console.status(f"[bold]{stage}[/bold] {detail}")
+        self._status.start()
+
+    def done(self, stage: str, detail: str = "") -> None:
+        """Replace the spinner by a finished line with the stage's duration."""
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        took = time.perf_counter() - self._started.pop(stage, time.perf_counter())
+        self.console.print(
+            f"[green]✓[/green] [bold]{stage}[/bold] {detail} [dim]({took:.1f}s)[/dim]",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    def close(self) -> None:
+        """Stop any spinner left running (after a failure)."""
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """The headline figures of a report."""
+    s = report["summary"]
+    table = Table(title=f"{report['modelName']} → artifact {report['artifactId']}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+
+    def fmt(value: Any, suffix: str = "") -> str:
+        if value is None:
+            return "—"
+        return f"{value:.4g}{suffix}" if isinstance(value, float) else f"{value}{suffix}"
+
+    rows = [
+        ("chosen", s.get("chosen")),
+        ("execution provider", s.get("executionProvider")),
+        ("size before → after", f"{fmt(s.get('bytesBefore'))} → {fmt(s.get('bytesAfter'))} B"),
+        ("size ratio", fmt(s.get("sizeRatio"))),
+        (
+            "p50 batch 1 before → after",
+            f"{fmt(s.get('latencyBeforeMs'))} → {fmt(s.get('latencyAfterMs'))} ms",
+        ),
+        ("speedup (batch 1)", fmt(s.get("speedup"), "x")),
+        ("speedup (max batch)", fmt(report.get("speedupMaxBatch"), "x")),
+        ("max abs diff", fmt(s.get("maxAbsDiff"))),
+        ("top-1 agreement", fmt(s.get("top1Agreement"))),
+        (
+            "accuracy before → after",
+            f"{fmt(s.get('accuracyBefore'))} → {fmt(s.get('accuracyAfter'))}",
+        ),
+        ("shards", str(report["partition"]["shards"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    return table
+
+
+def candidates_table(report: dict[str, Any]) -> Table:
+    """Every candidate's figures."""
+    table = Table(title="candidates")
+    for col in (
+        "config",
+        "latency vs original",
+        "bytes",
+        "max abs diff",
+        "top-1 agr.",
+        "in budget",
+        "chosen",
+    ):
+        table.add_column(col)
+    for c in report["candidates"]:
+        acc = c.get("accuracy") or {}
+        rel = c.get("relativeLatency")
+        table.add_row(
+            c["config"],
+            f"{rel:.3f}x" if rel is not None else (c.get("error") or "—")[:40],
+            str(c.get("bytes", "—")),
+            f"{acc['maxAbsDiff']:.3g}" if "maxAbsDiff" in acc else "—",
+            f"{acc['top1Agreement']:.3f}" if acc.get("top1Agreement") is not None else "—",
+            "yes" if c["withinBudget"] else "no",
+            "✓" if c["chosen"] else "",
+        )
+    return table
+
+
+def _fail(err: Console, message: str, reason: str) -> NoReturn:
+    err.print(
+        f"[red]✗ optimize failed ({reason}):[/red] {message}", highlight=False, soft_wrap=True
+    )
+    write_termination_log({"error": message, "reason": reason})
+    sys.exit(1)
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@click.command()
+@click.option(
+    "--spec",
+    "spec_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="AcceleratedModel YAML/JSON file.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory that receives <artifact-id>/.",
+)
+@click.option("--force", is_flag=True, help="Rebuild even if the artifact already exists.")
+@click.option(
+    "--report-png",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also draw a before/after chart into this PNG file.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="onnxruntime threads per session (default: the CPUs this process may use).",
+)
+@click.option(
+    "--bench-iterations",
+    type=click.IntRange(min=3),
+    default=None,
+    help="Timed runs per variant and batch (default 20).",
+)
+@click.option(
+    "--thorough",
+    is_flag=True,
+    help="Measure longer (100 iterations, 10 warm-up) for steadier figures.",
+)
+@click.option("--no-rss", is_flag=True, help="Skip the peak-RSS subprocess measurement.")
+def optimize(
+    spec_path: Path,
+    out_dir: Path,
+    force: bool,
+    report_png: Path | None,
+    threads: int | None,
+    bench_iterations: int | None,
+    thorough: bool,
+    no_rss: bool,
+) -> None:
+    """Optimize the model a spec names, gate it on accuracy, and write the artifact."""
+    from kubeaccel_runtime.optimize.bench import BenchSettings
+    from kubeaccel_runtime.optimize.errors import OptimizeError
+    from kubeaccel_runtime.optimize.pipeline import RunOptions, run_optimization
+    from kubeaccel_runtime.specfile import load_one
+
+    err = Console(stderr=True)
+    progress = RichProgress(err)
+    bench = BenchSettings(iterations=100, warmup=10) if thorough else BenchSettings()
+    if bench_iterations is not None:
+        bench = BenchSettings(iterations=bench_iterations, warmup=bench.warmup)
+    options = RunOptions(threads=threads or _default_threads(), bench=bench, measure_rss=not no_rss)
+    try:
+        resource = load_one(spec_path)
+        result = run_optimization(
+            resource, out_dir, force=force, progress=progress, options=options
+        )
+    except InvalidResource as exc:
+        progress.close()
+        _fail(err, "invalid spec:\n  " + "\n  ".join(exc.problems), "InvalidSpec")
+    except OptimizeError as exc:
+        progress.close()
+        _fail(err, str(exc), exc.reason)
+    except ArtifactInvalid as exc:
+        progress.close()
+        _fail(err, str(exc), "ArtifactInvalid")
+    except BaseException:
+        progress.close()
+        write_termination_log({"error": "internal error (see logs)", "reason": "InternalError"})
+        raise
+    if result.reused:
+        err.print(
+            f"artifact {result.path.name} already exists and verifies; nothing to do (--force rebuilds)"
+        )
+    err.print(summary_table(result.report))
+    err.print(candidates_table(result.report))
+    if report_png is not None:
+        from kubeaccel_runtime.optimize.chart import write_chart
+
+        err.print(f"chart: {write_chart(result.report, report_png)}")
+    write_termination_log(result.summary)
+    click.echo(str(result.path))

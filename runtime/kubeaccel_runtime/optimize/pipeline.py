@@ -1,0 +1,686 @@
+"""The optimization Job: spec -> plan -> stages -> accuracy gate -> partition -> bench -> artifact.
+
+IO happens at the ends only (fetching the source and data, writing the artifact); the middle
+works on in-memory models. A model outside the budget raises BudgetExceeded before anything
+is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import numpy as np
+from kubeaccel_api.artifact import artifact_id
+from kubeaccel_api.constants import REPORT_FILE
+from kubeaccel_api.v1alpha1 import (
+    AcceleratedModel,
+    AcceleratedModelSpec,
+    CandidateReport,
+    DataSource,
+    OptimizationStatus,
+    SourceFormat,
+)
+from kubeaccel_api.version import __version__
+from onnx import ModelProto
+
+from kubeaccel_runtime import onnx_io
+from kubeaccel_runtime.artifact_manifest import TensorInfo
+from kubeaccel_runtime.optimize import accuracy, artifact, cpu, stages
+from kubeaccel_runtime.optimize import data as sample_data
+from kubeaccel_runtime.optimize import source as sources
+from kubeaccel_runtime.optimize.bench import BenchSettings, Latency, measure, peak_rss, top_ops
+from kubeaccel_runtime.optimize.config import Candidate, GraphOptConfig
+from kubeaccel_runtime.optimize.errors import ContractMismatch, OptimizeError, UnsupportedModel
+from kubeaccel_runtime.optimize.partition import Shard, partition
+from kubeaccel_runtime.optimize.plan import BASELINE, Plan, build_plan, needs_calibration
+from kubeaccel_runtime.optimize.session import (
+    Chain,
+    SessionSettings,
+    create,
+    effective_provider,
+    providers_for,
+)
+
+# Batch sizes above this are not benchmarked (time and memory of the Job).
+BENCH_BATCH_CAP = 32
+CALIBRATION_SEED_OFFSET = 1
+
+
+class Progress(Protocol):
+    """Receives stage start/finish events (the CLI draws them with Rich)."""
+
+    def start(self, stage: str, detail: str = "") -> None:
+        """A stage begins."""
+
+    def done(self, stage: str, detail: str = "") -> None:
+        """A stage finished."""
+
+
+class _Silent:
+    def start(self, stage: str, detail: str = "") -> None:
+        pass
+
+    def done(self, stage: str, detail: str = "") -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Knobs of one optimization run (the spec says what, these say how hard to measure)."""
+
+    threads: int = 1
+    bench: BenchSettings = field(default_factory=BenchSettings)
+    bench_batch_cap: int = BENCH_BATCH_CAP
+    cwd: Path | None = None
+    pvc_root: Path | None = None
+    limits: sources.FetchLimits = field(default_factory=sources.FetchLimits)
+    cpu: cpu.CpuFeatures | None = None
+    measure_rss: bool = True
+    profile: bool = True
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """Where the artifact is, its report, and whether an existing one was reused."""
+
+    path: Path
+    report: dict[str, Any]
+    reused: bool
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The compact OptimizationStatus wire dict."""
+        return dict(self.report.get("summary", {}))
+
+
+@dataclass
+class _Measured:
+    candidate: Candidate
+    model: ModelProto | None
+    records: list[dict[str, Any]]
+    figures: accuracy.AccuracyFigures | None
+    violations: list[str]
+    error: str | None = None
+    latency: dict[int, Latency] = field(default_factory=dict)
+    score: float | None = None
+
+
+def optimize_spec(
+    resource: AcceleratedModel,
+    out_dir: Path,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    options: RunOptions | None = None,
+) -> Path:
+    """Optimize `resource` into `<out_dir>/<artifact-id>/` and return that directory."""
+    return run_optimization(resource, out_dir, force=force, progress=progress, options=options).path
+
+
+def run_optimization(
+    resource: AcceleratedModel,
+    out_dir: Path,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    options: RunOptions | None = None,
+) -> OptimizeResult:
+    """The whole Job; raises an OptimizeError subclass on any expected failure."""
+    opts = options or RunOptions()
+    events: Progress = progress or _Silent()
+    spec = resource.spec
+    aid = artifact_id(spec)
+    if not force and artifact.existing(out_dir, aid) is not None:
+        events.done("reuse", f"artifact {aid} already exists")
+        report = json.loads((out_dir / aid / REPORT_FILE).read_text())
+        return OptimizeResult(out_dir / aid, report, reused=True)
+    with tempfile.TemporaryDirectory(prefix="kubeaccel-opt-") as tmp:
+        job = _Job(resource, opts, events, Path(tmp))
+        shards, report, provider = job.run(aid)
+        events.start("write", str(out_dir / aid))
+        path = artifact.write_artifact(
+            out_dir,
+            artifact_id=aid,
+            model_name=resource.metadata.name,
+            source_sha256=job.source_sha256,
+            execution_provider=provider,
+            shards=shards,
+            spec_wire=spec.to_wire(),
+            report=report,
+            force=True,
+        )
+        events.done("write", str(path))
+    return OptimizeResult(path, report, reused=False)
+
+
+def check_contract(
+    spec: AcceleratedModelSpec, inputs: list[TensorInfo], outputs: list[TensorInfo]
+) -> None:
+    """The spec's inputs/outputs must name the model's tensors with the same dtype and rank.
+
+    Raises:
+        ContractMismatch: every disagreement, one per line.
+    """
+    problems: list[str] = []
+    model_in = {t.name: t for t in inputs}
+    spec_names = [t.name for t in spec.inputs]
+    missing = [n for n in model_in if n not in spec_names]
+    if missing:
+        problems.append(f"spec.inputs lacks model input(s): {', '.join(missing)}")
+    groups: list[tuple[str, Sequence[Any], dict[str, TensorInfo]]] = [
+        ("inputs", spec.inputs, model_in)
+    ]
+    if spec.outputs:
+        groups.append(("outputs", spec.outputs, {t.name: t for t in outputs}))
+    for field_name, tensors, model in groups:
+        for i, want in enumerate(tensors):
+            where = f"spec.{field_name}[{i}] ({want.name})"
+            got = model.get(want.name)
+            if got is None:
+                problems.append(f"{where}: the model has no such tensor (has: {', '.join(model)})")
+                continue
+            if got.dtype != want.dtype:
+                problems.append(
+                    f"{where}: dtype {want.dtype.value}, the model's is {got.dtype.value}"
+                )
+            if len(got.shape) != len(want.shape):
+                problems.append(f"{where}: shape {want.shape}, the model's is {got.shape}")
+                continue
+            for axis, (w, m) in enumerate(zip(want.shape, got.shape, strict=True)):
+                if m > 0 and w != m:
+                    problems.append(f"{where}: shape[{axis}] is {w}, the model fixes it to {m}")
+    if problems:
+        raise ContractMismatch("the spec does not match the model:\n  " + "\n  ".join(problems))
+
+
+def _basename(uri: str, default: str) -> str:
+    name = Path(urlparse(uri).path).name
+    return name if name and onnx_io.is_safe_relative(name) else default
+
+
+def _geomean(values: Sequence[float]) -> float:
+    return float(math.exp(sum(math.log(max(v, 1e-12)) for v in values) / len(values)))
+
+
+class _Job:
+    """One run's state; methods are the stages, in order."""
+
+    def __init__(
+        self, resource: AcceleratedModel, opts: RunOptions, events: Progress, work: Path
+    ) -> None:
+        self.resource = resource
+        self.spec = resource.spec
+        self.opts = opts
+        self.events = events
+        self.work = work
+        self.cwd = opts.cwd or Path.cwd()
+        self.pvc = opts.pvc_root or sources.pvc_root()
+        self.source_sha256 = ""
+        self.session_settings = SessionSettings(threads=opts.threads)
+
+    # ------------------------------------------------------------------ ends: IO
+
+    def fetch_source(self) -> sources.Fetched:
+        src = self.spec.source
+        self.events.start("fetch", src.uri)
+        dest = self.work / "source" / _basename(src.uri, "model.onnx")
+        fetched = sources.fetch(
+            src.uri,
+            dest,
+            expected_sha256=src.sha256,
+            cwd=self.cwd,
+            pvc=self.pvc,
+            limits=self.opts.limits,
+        )
+        if src.format is SourceFormat.ONNX:
+            try:
+                names = onnx_io.peek_external_data(fetched.path)
+            except onnx_io.ModelLoadError as exc:
+                raise UnsupportedModel(f"{src.uri}: {exc}") from None
+            fetched = sources.copy_companions(fetched, names, cwd=self.cwd, pvc=self.pvc)
+        self.source_sha256 = fetched.sha256
+        verified = "sha256 verified" if fetched.verified else "UNVERIFIED (allowUnverified)"
+        self.events.done("fetch", f"{fetched.bytes} bytes, {verified}")
+        return fetched
+
+    def load_model(self, fetched: sources.Fetched) -> ModelProto:
+        self.events.start("load", self.spec.source.format.value)
+        if self.spec.source.format is SourceFormat.ONNX:
+            try:
+                model = onnx_io.load(fetched.path)
+            except onnx_io.ModelLoadError as exc:
+                raise UnsupportedModel(f"{self.spec.source.uri}: {exc}") from None
+        else:
+            from kubeaccel_runtime.optimize.torch_export import export_to_onnx
+
+            model = export_to_onnx(
+                fetched.path,
+                self.spec.source.format,
+                self.spec.inputs,
+                self.spec.outputs,
+                self.work,
+            )
+        try:
+            inputs, outputs = onnx_io.model_inputs(model), onnx_io.model_outputs(model)
+        except onnx_io.ModelLoadError as exc:
+            raise UnsupportedModel(str(exc)) from None
+        check_contract(self.spec, inputs, outputs)
+        self.events.done(
+            "load", f"{len(model.graph.node)} nodes, {onnx_io.model_bytes(model)} bytes"
+        )
+        return model
+
+    def samples(
+        self, source: DataSource, inputs: list[TensorInfo], *, seed_offset: int, what: str
+    ) -> sample_data.Samples:
+        if source.uri is None:
+            return sample_data.generate(
+                inputs, self.spec.inputs, count=source.samples, seed=source.seed + seed_offset
+            )
+        dest = self.work / what / _basename(source.uri, "samples.npz")
+        fetched = sources.fetch(
+            source.uri,
+            dest,
+            expected_sha256=None,
+            cwd=self.cwd,
+            pvc=self.pvc,
+            limits=self.opts.limits,
+        )
+        return sample_data.read_file(fetched.path, inputs, count=source.samples)
+
+    # ------------------------------------------------------------------ middle: in memory
+
+    def settings(self, providers: tuple[str, ...]) -> SessionSettings:
+        return SessionSettings(
+            providers=providers,
+            threads=self.opts.threads,
+            level=self.spec.optimization.graph_optimization_level,
+        )
+
+    def baseline(self, model: ModelProto) -> tuple[Chain, str]:
+        settings = self.settings(providers_for(self.spec.runtime.execution_provider))
+        try:
+            session = create(model, settings)
+        except Exception as exc:  # onnxruntime raises Fail/InvalidGraph/NotImplemented
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnsupportedModel(f"onnxruntime cannot run the model: {first}") from None
+        provider = effective_provider(session)
+        self.session_settings = SessionSettings(
+            providers=tuple(dict.fromkeys((provider, "CPUExecutionProvider"))),
+            threads=settings.threads,
+            level=settings.level,
+        )
+        return Chain([session], [o.name for o in session.get_outputs()]), provider
+
+    def eval_batch(self, model: ModelProto) -> int:
+        fixed = [t.shape[0] for t in onnx_io.model_inputs(model) if t.shape and t.shape[0] > 0]
+        return fixed[0] if fixed else accuracy.EVAL_BATCH
+
+    def bench_batches(
+        self, model: ModelProto, samples: sample_data.Samples
+    ) -> dict[int, sample_data.Feeds]:
+        fixed = [t.shape[0] for t in onnx_io.model_inputs(model) if t.shape and t.shape[0] > 0]
+        if fixed:
+            sizes = [fixed[0]]
+        else:
+            batching = self.spec.runtime.batching
+            limit = batching.max_batch_size if batching.enabled else self.spec.limits.max_batch
+            sizes = sorted({1, max(1, min(limit, self.opts.bench_batch_cap))})
+        return {b: samples.first_batch(b) for b in sizes}
+
+    def build(
+        self,
+        plan: Plan,
+        model: ModelProto,
+        reference: list[np.ndarray],
+        validation: sample_data.Samples,
+    ) -> list[_Measured]:
+        budget = self.spec.optimization.accuracy_budget
+        batch = self.eval_batch(model)
+        measured: list[_Measured] = []
+        for candidate in plan.candidates:
+            self.events.start("candidate", candidate.name)
+            try:
+                built, records = stages.run_steps(model, candidate.steps)
+                outputs = accuracy.run_all(
+                    Chain.of([built], self.session_settings), validation, batch
+                )
+            except OptimizeError as exc:
+                if not plan.auto:
+                    raise
+                measured.append(_Measured(candidate, None, [], None, [], error=str(exc)))
+                self.events.done("candidate", f"{candidate.name}: failed ({exc})")
+                continue
+            except Exception as exc:  # onnxruntime rejecting a built model: a failed candidate
+                if not plan.auto:
+                    raise UnsupportedModel(
+                        f"{candidate.name}: the optimized model does not run: {exc}"
+                    ) from None
+                measured.append(_Measured(candidate, None, [], None, [], error=str(exc)))
+                self.events.done("candidate", f"{candidate.name}: does not run")
+                continue
+            figures = accuracy.compare(reference, outputs, validation.labels)
+            broken = accuracy.violations(figures, budget)
+            measured.append(_Measured(candidate, built, records, figures, broken))
+            verdict = "in budget" if not broken else "OVER budget: " + "; ".join(broken)
+            self.events.done("candidate", f"{candidate.name}: {verdict}")
+        return measured
+
+    def choose(
+        self,
+        plan: Plan,
+        base: Chain,
+        measured: list[_Measured],
+        feeds: dict[int, sample_data.Feeds],
+    ) -> _Measured:
+        ok = [m for m in measured if m.model is not None and not m.violations]
+        only = measured[0]
+        if not plan.auto and only.figures is not None:
+            budget = self.spec.optimization.accuracy_budget
+            accuracy.check_budget(only.figures, budget, only.candidate.name)
+        self.events.start("measure", f"{len(ok)} candidate(s) vs {BASELINE}, interleaved")
+        variants: dict[str, Chain] = {f"{BASELINE} (original)": base}
+        for m in ok:
+            if not m.candidate.is_baseline and m.model is not None:
+                variants[m.candidate.name] = Chain.of([m.model], self.session_settings)
+        timings = measure(variants, feeds, self.opts.bench)
+        base_lat = timings[f"{BASELINE} (original)"]
+        for m in ok:
+            m.latency = base_lat if m.candidate.is_baseline else timings[m.candidate.name]
+            m.score = _geomean([m.latency[b].p50_ms / base_lat[b].p50_ms for b in feeds])
+        self.events.done("measure", ", ".join(f"{m.candidate.name} {m.score:.2f}x" for m in ok))
+        if not plan.auto:
+            return measured[0]
+        faster = [
+            m for m in ok if m.score is not None and m.score < 1.0 and not m.candidate.is_baseline
+        ]
+        if faster:
+            return min(faster, key=lambda m: m.score if m.score is not None else math.inf)
+        fallback = next((m for m in ok if m.candidate.is_baseline), None)
+        if fallback is None:  # cannot happen: the baseline has no steps and zero difference
+            raise UnsupportedModel("no candidate is inside the accuracy budget")
+        return fallback
+
+    def run(self, aid: str) -> tuple[list[Shard], dict[str, Any], str]:
+        fetched = self.fetch_source()
+        model = self.load_model(fetched)
+        inputs = onnx_io.model_inputs(model)
+        self.events.start("data", "validation samples")
+        validation = self.samples(
+            self.spec.optimization.validation, inputs, seed_offset=0, what="validation"
+        )
+        calibration = None
+        quant = self.spec.optimization.quantization
+        if needs_calibration(self.spec):
+            source = quant.calibration or DataSource(seed=self.spec.optimization.validation.seed)
+            calibration = self.samples(
+                source,
+                inputs,
+                seed_offset=CALIBRATION_SEED_OFFSET if quant.calibration is None else 0,
+                what="calibration",
+            )
+        self.events.done(
+            "data",
+            f"validation: {validation.origin}"
+            + (f"; calibration: {calibration.origin}" if calibration else ""),
+        )
+        base, provider = self.baseline(model)
+        batch = self.eval_batch(model)
+        reference = accuracy.run_all(base, validation, batch)
+        budget = self.spec.optimization.accuracy_budget
+        accuracy.check_budget_applies(budget, reference, validation.labels is not None)
+        features = self.opts.cpu or cpu.detect()
+        saturation = cpu.saturation_guard(features)
+        plan = build_plan(
+            self.spec, provider=provider, saturation=saturation, calibration=calibration
+        )
+        measured = self.build(plan, model, reference, validation)
+        feeds = self.bench_batches(model, validation)
+        chosen = self.choose(plan, base, measured, feeds)
+        chosen_model = chosen.model if chosen.model is not None else model
+
+        part = self.spec.optimization.partition
+        self.events.start("partition", f"{part.shards} shard(s), balance {part.balance.value}")
+        shards = partition(chosen_model, part.shards, part.balance)
+        self.events.done(
+            "partition",
+            ", ".join(f"shard {s.index}: {len(s.model.graph.node)} nodes" for s in shards),
+        )
+
+        self.events.start("graph-optimize", self.spec.optimization.graph_optimization_level.value)
+        graph_notes: list[dict[str, Any]] = []
+        final: list[Shard] = []
+        for shard in shards:
+            out = stages.run_stage(
+                stages.GRAPH_OPTIMIZE,
+                shard.model,
+                GraphOptConfig(
+                    level=self.spec.optimization.graph_optimization_level, provider=provider
+                ),
+            )
+            graph_notes.append({"shard": shard.index, **out.notes})
+            final.append(Shard(shard.index, out.model, shard.inputs, shard.outputs, shard.cost))
+        self.events.done(
+            "graph-optimize",
+            ", ".join(f"shard {n['shard']}: offline={n['offline']}" for n in graph_notes),
+        )
+
+        self.events.start("verify", "final artifact vs original")
+        final_chain = Chain.of([s.model for s in final], self.session_settings)
+        final_outputs = accuracy.run_all(final_chain, validation, batch)
+        figures = accuracy.compare(reference, final_outputs, validation.labels)
+        accuracy.check_budget(figures, budget, f"the final artifact ({chosen.candidate.name})")
+        unsplit = accuracy.run_all(
+            Chain.of([chosen_model], self.session_settings), validation, batch
+        )
+        split_diff = accuracy.compare(unsplit, final_outputs, None).max_abs_diff
+        self.events.done("verify", f"max abs diff {figures.max_abs_diff:.3g}")
+
+        self.events.start("bench", "before vs after, interleaved")
+        timings = measure({"before": base, "after": final_chain}, feeds, self.opts.bench)
+        small = feeds[min(feeds)]
+        big = feeds[max(feeds)]
+        bottlenecks = (
+            top_ops(
+                [s.model for s in final], small, self.session_settings, self.opts.bench.profile_runs
+            )
+            if self.opts.profile
+            else []
+        )
+        bottlenecks_before = (
+            top_ops([model], small, self.session_settings, self.opts.bench.profile_runs)
+            if self.opts.profile
+            else []
+        )
+        rss_before = (
+            peak_rss([model], big, self.opts.bench, self.session_settings)
+            if self.opts.measure_rss
+            else None
+        )
+        rss_after = (
+            peak_rss([s.model for s in final], big, self.opts.bench, self.session_settings)
+            if self.opts.measure_rss
+            else None
+        )
+        self.events.done("bench", "")
+
+        report = _report(
+            aid=aid,
+            job=self,
+            fetched_bytes=onnx_io.model_bytes(model),
+            provider=provider,
+            plan=plan,
+            measured=measured,
+            chosen=chosen,
+            final=final,
+            figures=figures,
+            split_diff=split_diff,
+            timings=timings,
+            bottlenecks=bottlenecks,
+            bottlenecks_before=bottlenecks_before,
+            rss=(rss_before, rss_after),
+            graph_notes=graph_notes,
+            validation=validation,
+            features=features,
+        )
+        return final, report, provider
+
+
+def _lat(latency: dict[int, Latency]) -> dict[str, Any]:
+    batches = sorted(latency)
+    out = {"batch1": latency[batches[0]].to_report()}
+    out["maxBatch"] = latency[batches[-1]].to_report()
+    return out
+
+
+def _report(
+    *,
+    aid: str,
+    job: _Job,
+    fetched_bytes: int,
+    provider: str,
+    plan: Plan,
+    measured: list[_Measured],
+    chosen: _Measured,
+    final: list[Shard],
+    figures: accuracy.AccuracyFigures,
+    split_diff: float,
+    timings: dict[str, dict[int, Latency]],
+    bottlenecks: list[dict[str, Any]],
+    bottlenecks_before: list[dict[str, Any]],
+    rss: tuple[dict[str, int] | None, dict[str, int] | None],
+    graph_notes: list[dict[str, Any]],
+    validation: sample_data.Samples,
+    features: cpu.CpuFeatures,
+) -> dict[str, Any]:
+    spec = job.spec
+    bytes_after = sum(onnx_io.model_bytes(s.model) for s in final)
+    before, after = timings["before"], timings["after"]
+    b1 = min(before)
+    speedup = before[b1].p50_ms / after[b1].p50_ms if after[b1].p50_ms > 0 else None
+    bmax = max(before)
+    candidates: list[dict[str, Any]] = []
+    summary_candidates: list[CandidateReport] = []
+    for m in measured:
+        entry: dict[str, Any] = {
+            "config": m.candidate.name,
+            "precision": m.candidate.precision.value,
+            "pruned": m.candidate.pruned,
+            "withinBudget": m.model is not None and not m.violations,
+            "chosen": m is chosen,
+        }
+        if m.error:
+            entry["error"] = m.error
+        if m.model is not None:
+            entry["bytes"] = onnx_io.model_bytes(m.model)
+            entry["stages"] = m.records
+        if m.figures is not None:
+            entry["accuracy"] = m.figures.to_report()
+        if m.violations:
+            entry["violations"] = m.violations
+        if m.latency:
+            entry["latency"] = _lat(m.latency)
+            entry["relativeLatency"] = round(m.score, 4) if m.score is not None else None
+        candidates.append(entry)
+        summary_candidates.append(
+            CandidateReport(
+                config=m.candidate.name,
+                latency_ms=round(m.latency[min(m.latency)].p50_ms, 4) if m.latency else None,
+                bytes=entry.get("bytes"),
+                max_abs_diff=m.figures.max_abs_diff if m.figures else None,
+                top1_agreement=m.figures.top1_agreement if m.figures else None,
+                accuracy=m.figures.accuracy_after if m.figures else None,
+                within_budget=bool(entry["withinBudget"]),
+                chosen=m is chosen,
+            )
+        )
+    summary = OptimizationStatus(
+        artifact_id=aid,
+        bytes_before=fetched_bytes,
+        bytes_after=bytes_after,
+        size_ratio=round(bytes_after / fetched_bytes, 4) if fetched_bytes else None,
+        latency_before_ms=round(before[b1].p50_ms, 4),
+        latency_after_ms=round(after[b1].p50_ms, 4),
+        speedup=round(speedup, 3) if speedup else None,
+        accuracy_before=figures.accuracy_before,
+        accuracy_after=figures.accuracy_after,
+        max_abs_diff=figures.max_abs_diff,
+        top1_agreement=figures.top1_agreement,
+        chosen=chosen.candidate.name,
+        execution_provider=provider,
+        candidates=summary_candidates,
+    )
+    saturation = plan.saturation
+    return {
+        "kubeaccelVersion": __version__,
+        "artifactId": aid,
+        "modelName": job.resource.metadata.name,
+        "source": {
+            "uri": spec.source.uri,
+            "format": spec.source.format.value,
+            "sha256": job.source_sha256,
+            "verified": spec.source.sha256 is not None,
+        },
+        "executionProvider": provider,
+        "sizes": {
+            "bytesBefore": fetched_bytes,
+            "bytesAfter": bytes_after,
+            "sizeRatio": summary.size_ratio,
+        },
+        "accuracy": {
+            **figures.to_report(),
+            "validation": validation.origin,
+            "budget": spec.optimization.accuracy_budget.to_wire(),
+            "partitionMaxAbsDiff": split_diff,
+        },
+        "latency": {"before": _lat(before), "after": _lat(after)},
+        "speedup": summary.speedup,
+        "speedupMaxBatch": round(before[bmax].p50_ms / after[bmax].p50_ms, 3)
+        if after[bmax].p50_ms > 0
+        else None,
+        "chosen": {
+            "config": chosen.candidate.name,
+            "mode": "auto" if plan.auto else spec.optimization.quantization.mode.value,
+            "stages": chosen.records,
+        },
+        "candidates": candidates,
+        "bottlenecks": bottlenecks,
+        "bottlenecksBefore": bottlenecks_before,
+        "peakRss": {"before": rss[0], "after": rss[1]},
+        "partition": {
+            "shards": len(final),
+            "balance": spec.optimization.partition.balance.value,
+            "detail": [
+                {
+                    "index": s.index,
+                    "nodes": len(s.model.graph.node),
+                    "bytes": onnx_io.model_bytes(s.model),
+                    "cost": s.cost,
+                    "inputs": [t.model_dump(mode="json") for t in s.inputs],
+                    "outputs": [t.model_dump(mode="json") for t in s.outputs],
+                }
+                for s in final
+            ],
+        },
+        "graphOptimization": graph_notes,
+        "hardware": {
+            "arch": features.arch,
+            "vnni": features.vnni,
+            "int8ReduceRange": saturation.to_notes(),
+        },
+        "bench": {
+            "threads": job.opts.threads,
+            "iterations": job.opts.bench.iterations,
+            "warmup": job.opts.bench.warmup,
+            "batches": sorted(before),
+            "interleaved": True,
+        },
+        "summary": summary.to_wire(),
+    }
