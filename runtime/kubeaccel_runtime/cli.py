@@ -16,6 +16,7 @@ from rich.console import Console
 
 # name -> "module:attribute" of a click command, imported on first use.
 LAZY_COMMANDS: dict[str, str] = {
+    "optimize": "kubeaccel_runtime.optimize.cli:optimize",
     "serve": "kubeaccel_runtime.serve.cli:serve",
 }
 
