@@ -109,7 +109,7 @@ def is_sent(rel: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
 
 def copy_sources(path: Path) -> list[str]:
     """Context paths that COPY/ADD instructions (not --from another stage) read."""
-    sources = []
+    sources: list[str] = []
     for ins in parse(path):
         if ins.keyword not in ("COPY", "ADD") or "--from=" in ins.args:
             continue
