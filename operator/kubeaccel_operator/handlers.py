@@ -1,0 +1,238 @@
+"""kopf handlers: thin adapters from kopf to reconcile() and kube.
+
+One function serves create, update and resume (resume re-observes everything after a
+restart). Every kind of child is watched too (server-side filtered by our managed-by
+label): a finished Job, a Deployment losing availability, a child edited or deleted by
+hand re-runs the owner's reconcile at once, so drift is repaired without a spec change.
+
+There is deliberately no @kopf.timer: kopf 1.45 gives every timer/daemon a finalizer
+(requires_finalizer=True in kopf.on.timer), and without one a timer outlives its deleted
+object. A finalizer would leave resources Terminating whenever the operator is down,
+while children need nothing but their owner references to be garbage-collected.
+
+All reconciles of one resource are serialised by a lock, and child events arriving
+while one is queued are coalesced into it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import kopf
+from kubeaccel_api.constants import GROUP, KIND, LABEL_MANAGED_BY, PLURAL, VERSION
+from kubeaccel_api.v1alpha1 import AcceleratedModelStatus
+from kubeaccel_api.validation import InvalidResource, parse_resource
+from pydantic import ValidationError
+
+from kubeaccel_operator import kube
+from kubeaccel_operator.errors import ApiError, InvalidSpec, NotReady, OperatorError, raise_for_kopf
+from kubeaccel_operator.manifests.common import MANAGED_BY
+from kubeaccel_operator.reconcile import Event, check_supported, invalid_status, reconcile
+from kubeaccel_operator.settings import Settings, get_settings
+
+EVENT_MESSAGE_LIMIT = 1000
+
+_cluster: kube.Cluster | None = None
+_cluster_lock = threading.Lock()
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_queued: set[tuple[str, str]] = set()
+_registry_lock = threading.Lock()
+
+
+def set_cluster(cluster: kube.Cluster | None) -> None:
+    """Use `cluster` for every API call (tests inject a fake; None reconnects lazily)."""
+    global _cluster
+    with _cluster_lock:
+        _cluster = cluster
+
+
+def get_cluster() -> kube.Cluster:
+    """The process-wide API adapter, connected on first use."""
+    global _cluster
+    with _cluster_lock:
+        if _cluster is None:
+            _cluster = kube.KubeClient.connect()
+        return _cluster
+
+
+@contextmanager
+def _serialised(key: tuple[str, str]) -> Iterator[None]:
+    with _registry_lock:
+        lock = _locks.setdefault(key, threading.Lock())
+    with lock:
+        yield
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one reconcile of one resource produced."""
+
+    status: AcceleratedModelStatus | None
+    events: tuple[Event, ...] = ()
+    error: OperatorError | None = None
+    applied: kube.ApplyResult | None = None
+
+
+def _old_status(body: Mapping[str, Any]) -> AcceleratedModelStatus | None:
+    raw = body.get("status")
+    if not raw:
+        return None
+    try:
+        return AcceleratedModelStatus.model_validate(raw)
+    except ValidationError:
+        return None  # written by someone else: rebuilt from scratch
+
+
+def reconcile_body(
+    body: Mapping[str, Any], cluster: kube.Cluster, cfg: Settings, now: datetime
+) -> Result:
+    """Validate, observe, reconcile and apply one resource body."""
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return Result(None)  # garbage collection removes the children
+    old = _old_status(body)
+    generation = meta.get("generation")
+    try:
+        res = parse_resource({k: v for k, v in body.items() if k != "status"})
+        res = res.model_copy(update={"status": old})
+        check_supported(res)
+    except InvalidResource as exc:
+        invalid = InvalidSpec(exc.problems)
+        status, events = invalid_status(old, invalid, generation, now)
+        return Result(status, events, invalid)
+    except InvalidSpec as exc:
+        status, events = invalid_status(old, exc, generation, now)
+        return Result(status, events, exc)
+    try:
+        observed = cluster.observe(res)
+        plan = reconcile(res, observed, cfg, now)
+        applied = cluster.apply(res, plan, observed)
+    except ApiError as exc:
+        if exc.temporary:
+            return Result(None, error=exc)
+        rejected = InvalidSpec([f"rejected by the API server: {exc}"], reason="ManifestRejected")
+        status, events = invalid_status(old, rejected, generation, now)
+        return Result(status, events, rejected)
+    error = NotReady(plan.waiting) if plan.waiting else None
+    return Result(plan.status, plan.events, error, applied)
+
+
+def status_patch(result: Result, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The merge patch that makes .status equal the result's status, or None if it does."""
+    if result.status is None:
+        return None
+    wire = result.status.to_wire()
+    if wire == (body.get("status") or {}):
+        return None
+    # Explicit nulls remove fields that no longer apply (merge-patch semantics).
+    cleared: dict[str, Any] = {
+        f.alias or name: None for name, f in AcceleratedModelStatus.model_fields.items()
+    }
+    return {**cleared, **wire}
+
+
+def _post(
+    body: Mapping[str, Any], result: Result, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    if result.applied is not None and result.applied.changed:
+        logger.info(
+            "applied children: created=%s patched=%s deleted=%s",
+            result.applied.created,
+            result.applied.patched,
+            result.applied.deleted,
+        )
+    for event in result.events:
+        kopf.event(
+            kopf.Body(cast(Any, dict(body))),
+            type=event.type,
+            reason=event.reason,
+            message=event.message[:EVENT_MESSAGE_LIMIT],
+        )
+
+
+def _handle(
+    body: kopf.Body, patch: kopf.Patch, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    cfg = get_settings()
+    key = (body.metadata.namespace or "", body.metadata.name or "")
+    with _serialised(key):
+        result = reconcile_body(body, get_cluster(), cfg, datetime.now(UTC).replace(microsecond=0))
+    update = status_patch(result, body)
+    if update is not None:
+        patch.status.update(update)
+    _post(body, result, logger)
+    if result.error is not None:
+        raise_for_kopf(result.error, delay=cfg.retry_delay)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def on_change(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """Create, update and resume: reconcile the resource and write its status."""
+    _handle(body, patch, logger)
+
+
+def owner_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, name) of the AcceleratedModel controlling a child, if any."""
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        ours = ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/")
+        if ours and ref.get("controller"):
+            return meta.get("namespace") or "", str(ref.get("name"))
+    return None
+
+
+def reconcile_owner(
+    namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    """Re-run the owner's reconcile after a child changed; coalesces bursts of events."""
+    key = (namespace, name)
+    with _registry_lock:
+        if key in _queued:
+            return  # a reconcile that has not started yet will see this change too
+        _queued.add(key)
+    cfg = get_settings()
+    cluster = get_cluster()
+    with _serialised(key):
+        with _registry_lock:
+            _queued.discard(key)
+        try:
+            body = cluster.get_model(namespace, name)
+        except ApiError as exc:
+            logger.warning("cannot read AcceleratedModel %s/%s: %s", namespace, name, exc)
+            return
+        if body is None:
+            return
+        result = reconcile_body(body, cluster, cfg, datetime.now(UTC).replace(microsecond=0))
+        update = status_patch(result, body)
+        if update is not None:
+            try:
+                cluster.patch_model_status(namespace, name, update)
+            except ApiError as exc:
+                logger.warning("cannot write status of %s/%s: %s", namespace, name, exc)
+    _post(body, result, logger)
+    if result.error is not None and not isinstance(result.error, InvalidSpec | NotReady):
+        # The owner's timer retries; this child event has nothing to retry.
+        logger.warning("reconcile of %s/%s failed: %s", namespace, name, result.error)
+
+
+@kopf.on.event("", "v1", "configmaps", labels={LABEL_MANAGED_BY: MANAGED_BY})
+@kopf.on.event("", "v1", "persistentvolumeclaims", labels={LABEL_MANAGED_BY: MANAGED_BY})
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
+@kopf.on.event("", "v1", "services", labels={LABEL_MANAGED_BY: MANAGED_BY})
+@kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY})
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={LABEL_MANAGED_BY: MANAGED_BY})
+def on_child_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+    """A child changed (status, hand edit, deletion): reconcile its owner now."""
+    if type is None:
+        return  # the initial listing at startup: on_change(resume) covers every owner
+    owner = owner_of(body)
+    if owner is not None:
+        reconcile_owner(*owner, logger)

@@ -1,0 +1,450 @@
+"""The only module that calls the Kubernetes API.
+
+It observes an AcceleratedModel's children by label, applies a plan by deterministic
+name (create if absent, server-side apply on drift, delete labelled orphans), reads the
+optimizer pod's termination message, and reads/patches the resource itself.
+
+Writes use server-side apply (field manager `kubeaccel-operator`, force): a field removed
+from the desired manifest is removed from the object, and a hand edit of a field the
+operator owns is taken back. Requests go through the official client's ApiClient (auth,
+TLS, token refresh) with raw JSON bodies, so no typed models are built or parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import kubernetes.client
+import kubernetes.config
+import urllib3
+from kubeaccel_api.artifact import artifact_id
+from kubeaccel_api.constants import GROUP, LABEL_MANAGED_BY, LABEL_MODEL, PLURAL, VERSION
+from kubeaccel_api.v1alpha1 import AcceleratedModel
+
+from kubeaccel_operator.errors import ApiError, ForeignObject
+from kubeaccel_operator.manifests.common import (
+    MANAGED_BY,
+    Manifest,
+    job_name,
+    namespace_of,
+    stable_hash,
+)
+from kubeaccel_operator.manifests.job import CONTAINER as OPTIMIZER_CONTAINER
+from kubeaccel_operator.reconcile import CHILD_KINDS, Observed, Plan, needs_job_message
+
+FIELD_MANAGER = MANAGED_BY
+ANNOTATION_APPLIED = f"{GROUP}/applied-hash"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+# Immutable after creation (Job pod templates, claim specs): created, never patched.
+CREATE_ONLY = frozenset({"Job", "PersistentVolumeClaim"})
+TIMEOUT = (5.0, 30.0)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ApiResource:
+    """Where a kind lives in the API."""
+
+    group: str
+    version: str
+    plural: str
+
+    def path(self, namespace: str, name: str | None = None, sub: str | None = None) -> str:
+        """URL path of the collection, or of one object (and a subresource)."""
+        root = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        path = f"{root}/namespaces/{quote(namespace)}/{self.plural}"
+        if name is not None:
+            path += f"/{quote(name)}"
+        if sub is not None:
+            path += f"/{sub}"
+        return path
+
+
+RESOURCES: dict[str, ApiResource] = {
+    "ConfigMap": ApiResource("", "v1", "configmaps"),
+    "PersistentVolumeClaim": ApiResource("", "v1", "persistentvolumeclaims"),
+    "Job": ApiResource("batch", "v1", "jobs"),
+    "Service": ApiResource("", "v1", "services"),
+    "Deployment": ApiResource("apps", "v1", "deployments"),
+    "PodDisruptionBudget": ApiResource("policy", "v1", "poddisruptionbudgets"),
+    "Pod": ApiResource("", "v1", "pods"),
+    "AcceleratedModel": ApiResource(GROUP, VERSION, PLURAL),
+}
+
+Permission = tuple[str, str, frozenset[str]]
+
+# kopf itself: it watches and patches the resource (progress annotations, status) and
+# posts Events. Resource scanning is disabled in the startup hook, so no CRD or
+# namespace access is needed; kopf runs standalone, so no kopfpeerings.
+FRAMEWORK_PERMISSIONS: tuple[Permission, ...] = (
+    ("", "events", frozenset({"create"})),
+    (GROUP, PLURAL, frozenset({"list", "watch", "patch"})),
+    (GROUP, f"{PLURAL}/status", frozenset({"patch"})),
+)
+# The reconciler (this module) and the child-event handlers, which watch every kind of
+# child (list + watch, filtered server-side by the managed-by label).
+APPLICATION_PERMISSIONS: tuple[Permission, ...] = (
+    (GROUP, PLURAL, frozenset({"get"})),
+    ("", "configmaps", frozenset({"get", "list", "watch", "create", "patch", "delete"})),
+    # Claims are created (server-side apply: create + patch) and never changed or deleted.
+    ("", "persistentvolumeclaims", frozenset({"get", "list", "watch", "create", "patch"})),
+    ("batch", "jobs", frozenset({"get", "list", "watch", "create", "patch", "delete"})),
+    # The optimizer pod's termination message carries the optimization summary.
+    ("", "pods", frozenset({"list"})),
+    ("", "services", frozenset({"get", "list", "watch", "create", "patch", "delete"})),
+    ("apps", "deployments", frozenset({"get", "list", "watch", "create", "patch", "delete"})),
+    (
+        "policy",
+        "poddisruptionbudgets",
+        frozenset({"get", "list", "watch", "create", "patch", "delete"}),
+    ),
+)
+# Every API call the operator process makes (kopf included), for RBAC.
+REQUIRED_PERMISSIONS: tuple[Permission, ...] = FRAMEWORK_PERMISSIONS + APPLICATION_PERMISSIONS
+# Only with KUBEACCEL_PEERING_NAME set (several operator replicas): kopf's peering objects.
+PEERING_PERMISSIONS: tuple[Permission, ...] = (
+    ("kopf.dev", "kopfpeerings", frozenset({"get", "list", "watch", "patch"})),
+    ("kopf.dev", "clusterkopfpeerings", frozenset({"get", "list", "watch", "patch"})),
+)
+
+
+@dataclass
+class ApplyResult:
+    """What one apply changed, by `Kind/name`."""
+
+    created: list[str] = field(default_factory=list)
+    patched: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was written."""
+        return bool(self.created or self.patched or self.deleted)
+
+
+class Cluster(Protocol):
+    """What the handlers need from the API (a fake implements it in tests)."""
+
+    def observe(self, res: AcceleratedModel) -> Observed:
+        """The resource's children and the facts reconcile needs."""
+        ...
+
+    def apply(self, res: AcceleratedModel, plan: Plan, observed: Observed) -> ApplyResult:
+        """Make the plan's objects exist as desired and delete its orphans."""
+        ...
+
+    def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The raw AcceleratedModel, or None when it is gone."""
+        ...
+
+    def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch the resource's status subresource."""
+        ...
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+_SUFFIXES: dict[str, Decimal | int] = {
+    "": 1,
+    "m": Decimal("0.001"),
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def parse_quantity(text: str) -> Decimal | None:
+    """A Kubernetes quantity as a number (`500m` -> 0.5), or None if it is not one."""
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if suffix and text.endswith(suffix):
+            number = text[: -len(suffix)]
+            break
+    else:
+        suffix, number = "", text
+    try:
+        return Decimal(number) * Decimal(_SUFFIXES[suffix])
+    except InvalidOperation:
+        return None
+
+
+def contains(want: Any, have: Any) -> bool:
+    """Whether `have` holds everything in `want` (extra keys are server defaults).
+
+    Lists must match element by element; quantities compare by value, since the API
+    server canonicalises them (e.g. `1000m` comes back as `1`).
+    """
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(
+            key in have and contains(value, have[key]) for key, value in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(have, list)
+            and len(want) == len(have)
+            and all(contains(w, h) for w, h in zip(want, have, strict=True))
+        )
+    if want == have:
+        return True
+    if isinstance(want, str) and isinstance(have, str | int | float):
+        a, b = parse_quantity(want), parse_quantity(str(have))
+        return a is not None and a == b
+    return False
+
+
+def with_applied_hash(obj: Manifest) -> Manifest:
+    """A copy of `obj` carrying the hash of its desired form in an annotation."""
+    digest = stable_hash(obj)
+    meta = dict(obj["metadata"])
+    meta["annotations"] = {**meta.get("annotations", {}), ANNOTATION_APPLIED: digest}
+    return {**obj, "metadata": meta}
+
+
+def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    """Whether `obj` has an owner reference to the resource with `uid`."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return uid is not None and any(ref.get("uid") == uid for ref in refs)
+
+
+def drifted(desired: Manifest, current: Mapping[str, Any]) -> bool:
+    """Whether the live object differs from the desired one (desired carries its hash).
+
+    A changed hash catches fields the desired manifest no longer sets; the containment
+    check catches hand edits of fields it does set.
+    """
+    meta = current.get("metadata", {})
+    annotations = meta.get("annotations") or {}
+    if (
+        annotations.get(ANNOTATION_APPLIED)
+        != desired["metadata"]["annotations"][ANNOTATION_APPLIED]
+    ):
+        return True
+    want_meta = desired["metadata"]
+    if not contains(want_meta.get("labels", {}), meta.get("labels") or {}):
+        return True
+    if not contains(want_meta.get("annotations", {}), annotations):
+        return True
+    uid = want_meta["ownerReferences"][0]["uid"]
+    if not owned_by(current, uid):
+        return True
+    return any(
+        not contains(value, current.get(key))
+        for key, value in desired.items()
+        if key not in ("apiVersion", "kind", "metadata")
+    )
+
+
+def last_termination_message(pods: Iterable[Mapping[str, Any]], container: str) -> str:
+    """The termination message of the most recently finished `container` among `pods`."""
+    best: tuple[str, str] | None = None
+    for pod in pods:
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            if status.get("name") != container:
+                continue
+            for key in ("state", "lastState"):
+                term = (status.get(key) or {}).get("terminated")
+                if term:
+                    stamp = str(term.get("finishedAt") or "")
+                    if best is None or stamp > best[0]:
+                        best = (stamp, str(term.get("message") or ""))
+    return best[1] if best else ""
+
+
+def _job_finished(job: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in job.get("status", {}).get("conditions") or []
+    )
+
+
+# --------------------------------------------------------------------------- client
+
+
+class KubeClient:
+    """Cluster implementation over the official client's ApiClient, raw JSON in and out."""
+
+    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+        self.api = api
+
+    @classmethod
+    def connect(cls, config_file: str | None = None) -> KubeClient:
+        """In-cluster service account when running in a pod, else the kubeconfig."""
+        cfg = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(config_file=config_file, client_configuration=cfg)  # type: ignore[no-untyped-call]
+        return cls(kubernetes.client.ApiClient(cfg))
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        kind: str = "",
+        name: str = "",
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            request = self.api.param_serialize(
+                method=method,
+                resource_path=path,
+                query_params=query or [],
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self.api.call_api(*request, _request_timeout=TIMEOUT)
+            data = response.read()  # type: ignore[no-untyped-call]
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ApiError(0, f"no response: {exc}", kind=kind, name=name) from exc
+        except kubernetes.client.ApiException as exc:
+            raise ApiError(int(exc.status or 0), str(exc.reason), kind=kind, name=name) from exc
+        if not 200 <= response.status < 300:
+            raise ApiError(response.status, _error_message(data), kind=kind, name=name)
+        parsed = json.loads(data) if data else {}
+        return parsed if isinstance(parsed, dict) else {}
+
+    def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Objects of `kind` in `namespace` matching the label selector."""
+        path = RESOURCES[kind].path(namespace)
+        items = self._request("GET", path, query=[("labelSelector", selector)], kind=kind)
+        return list(items.get("items") or [])
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One object, or None when it does not exist."""
+        try:
+            return self._request("GET", RESOURCES[kind].path(namespace, name), kind=kind, name=name)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def server_side_apply(self, obj: Manifest) -> dict[str, Any]:
+        """Create or update `obj` with server-side apply as the operator's field manager."""
+        kind, meta = obj["kind"], obj["metadata"]
+        return self._request(
+            "PATCH",
+            RESOURCES[kind].path(meta["namespace"], meta["name"]),
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            body=obj,
+            content_type="application/apply-patch+yaml",
+            kind=kind,
+            name=meta["name"],
+        )
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete with background propagation (a Job's pods go too); False if already gone."""
+        try:
+            self._request(
+                "DELETE",
+                RESOURCES[kind].path(namespace, name),
+                query=[("propagationPolicy", "Background")],
+                kind=kind,
+                name=name,
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    # ----------------------------------------------------------------- Cluster
+
+    def observe(self, res: AcceleratedModel) -> Observed:
+        """List every child kind by label; keep those owned by this resource's uid."""
+        ns, name, uid = namespace_of(res), res.metadata.name, res.metadata.uid
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_MODEL}={name}"
+        objects: dict[str, dict[str, Manifest]] = {}
+        for kind in CHILD_KINDS:
+            objects[kind] = {
+                obj["metadata"]["name"]: obj
+                for obj in self.list(kind, ns, selector)
+                if owned_by(obj, uid)
+            }
+        artifact = artifact_id(res.spec)
+        job = job_name(name, artifact)
+        messages: dict[str, str] = {}
+        pending = needs_job_message(res, artifact)
+        observed_job = objects["Job"].get(job)
+        if pending and observed_job is not None and _job_finished(observed_job):
+            pods = self.list("Pod", ns, f"{JOB_NAME_LABEL}={job}")
+            messages[job] = last_termination_message(pods, OPTIMIZER_CONTAINER)
+        claim_present: bool | None = None
+        claim = res.spec.storage.pvc.claim_name
+        if claim is not None and pending and observed_job is None:
+            claim_present = self.get("PersistentVolumeClaim", ns, claim) is not None
+        return Observed(objects=objects, messages=messages, claim_present=claim_present)
+
+    def apply(self, res: AcceleratedModel, plan: Plan, observed: Observed) -> ApplyResult:
+        """Create absent children, re-apply drifted ones, delete the plan's orphans."""
+        result = ApplyResult()
+        uid = res.metadata.uid
+        for obj in plan.objects:
+            desired = with_applied_hash(obj)
+            kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+            current: Mapping[str, Any] | None = observed.get(kind, name)
+            if current is None:
+                # Not among our labelled children: make sure we do not take over someone
+                # else's object of the same name.
+                current = self.get(kind, ns, name)
+                if current is not None and not owned_by(current, uid):
+                    raise ForeignObject(kind, name, res.metadata.name)
+                if current is None:
+                    self.server_side_apply(desired)
+                    result.created.append(f"{kind}/{name}")
+                    continue
+            if kind not in CREATE_ONLY and drifted(desired, current):
+                self.server_side_apply(desired)
+                result.patched.append(f"{kind}/{name}")
+        for kind, name in plan.delete:
+            if self.delete(kind, namespace_of(res), name):
+                result.deleted.append(f"{kind}/{name}")
+        return result
+
+    def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The raw AcceleratedModel, or None when it is gone."""
+        return self.get("AcceleratedModel", namespace, name)
+
+    def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch the status subresource."""
+        self._request(
+            "PATCH",
+            RESOURCES["AcceleratedModel"].path(namespace, name, "status"),
+            body={"status": dict(status)},
+            content_type="application/merge-patch+json",
+            kind="AcceleratedModel",
+            name=name,
+        )
+
+
+def _error_message(data: bytes | None) -> str:
+    if not data:
+        return "empty response"
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return data.decode(errors="replace")[:500]
+    if isinstance(parsed, dict) and parsed.get("message"):
+        return str(parsed["message"])
+    return data.decode(errors="replace")[:500]

@@ -1,0 +1,1 @@
+"""Pure builders of the Kubernetes objects an AcceleratedModel owns (plain dicts out)."""

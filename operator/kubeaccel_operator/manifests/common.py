@@ -1,0 +1,237 @@
+"""Shared pieces of every child manifest: names, labels, owner reference, security.
+
+Everything here is pure: typed models in, plain dicts out; no client, clock or randomness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from typing import Any
+
+from kubeaccel_api.constants import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    LABEL_ARTIFACT,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    LABEL_NAME,
+    LABEL_PART_OF,
+    LABEL_SHARD,
+    RUNTIME_PORT,
+)
+from kubeaccel_api.v1alpha1 import AcceleratedModel, AccessMode
+
+Manifest = dict[str, Any]
+
+APP_NAME = "kubeaccel"
+MANAGED_BY = "kubeaccel-operator"
+MAX_NAME = 63
+# Non-root uid/gid of every pod; fsGroup makes the artifacts volume writable for it.
+POD_UID = 65532
+PORT_NAME = "http"
+ARTIFACTS_ROOT = "/artifacts"
+SOURCES_ROOT = "/mnt/sources"
+SPEC_DIR = "/etc/kubeaccel"
+SPEC_FILE = "model.yaml"
+# Annotations the operator owns on children.
+ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
+ARTIFACT_PREFIX_LENGTH = 10
+
+
+class Component(StrEnum):
+    """Value of app.kubernetes.io/component on each kind of child."""
+
+    SPEC = "spec"
+    ARTIFACTS = "artifacts"
+    OPTIMIZER = "optimizer"
+    RUNTIME = "runtime"
+    ENDPOINT = "endpoint"
+
+
+def _name(*parts: str) -> str:
+    name = "-".join(parts)
+    # MAX_NAME_LENGTH (40) on the resource name leaves room for every suffix below.
+    if len(name) > MAX_NAME:
+        raise ValueError(f"child name {name!r} is longer than {MAX_NAME} characters")
+    return name
+
+
+def spec_configmap_name(model: str) -> str:
+    """ConfigMap holding the AcceleratedModel YAML the Job reads."""
+    return _name(model, "spec")
+
+
+def artifacts_claim_name(res: AcceleratedModel) -> str:
+    """The artifacts PVC: the one named in the spec, else `<name>-artifacts`."""
+    return res.spec.storage.pvc.claim_name or _name(res.metadata.name, "artifacts")
+
+
+def job_name(model: str, artifact: str) -> str:
+    """The optimization Job of one artifact."""
+    return _name(model, "opt", artifact[:ARTIFACT_PREFIX_LENGTH])
+
+
+def shard_name(model: str, index: int) -> str:
+    """Deployment, Service and PodDisruptionBudget of one shard."""
+    return _name(model, "shard", str(index))
+
+
+def namespace_of(res: AcceleratedModel) -> str:
+    """The resource's namespace (API objects always have one)."""
+    return res.metadata.namespace or "default"
+
+
+def shard_url(res: AcceleratedModel, index: int) -> str:
+    """In-cluster base URL of shard `index`'s Service."""
+    return f"http://{shard_name(res.metadata.name, index)}.{namespace_of(res)}.svc:{RUNTIME_PORT}"
+
+
+def endpoint_url(res: AcceleratedModel) -> str:
+    """The Open Inference Protocol v2 model URL behind the main Service."""
+    name = res.metadata.name
+    return f"http://{name}.{namespace_of(res)}.svc:{RUNTIME_PORT}/v2/models/{name}"
+
+
+def selector_labels(
+    res: AcceleratedModel, component: Component, shard: int | None = None
+) -> dict[str, str]:
+    """The immutable labels a selector matches (never the artifact id)."""
+    labels = {
+        LABEL_NAME: APP_NAME,
+        LABEL_INSTANCE: res.metadata.name,
+        LABEL_COMPONENT: component.value,
+    }
+    if shard is not None:
+        labels[LABEL_SHARD] = str(shard)
+    return labels
+
+
+def labels(
+    res: AcceleratedModel,
+    component: Component,
+    *,
+    shard: int | None = None,
+    artifact: str | None = None,
+) -> dict[str, str]:
+    """The app.kubernetes.io/* set plus the model, shard and artifact keys."""
+    out = {
+        **selector_labels(res, component, shard),
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_PART_OF: APP_NAME,
+        LABEL_MODEL: res.metadata.name,
+    }
+    if artifact is not None:
+        out[LABEL_ARTIFACT] = artifact
+    return dict(sorted(out.items()))
+
+
+def owner_reference(res: AcceleratedModel) -> dict[str, Any]:
+    """Controller owner reference: deleting the resource garbage-collects the child."""
+    if not res.metadata.uid:
+        raise ValueError(f"{res.metadata.name}: metadata.uid is required to own children")
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": res.metadata.name,
+        "uid": res.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def object_meta(
+    res: AcceleratedModel,
+    name: str,
+    child_labels: dict[str, str],
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """metadata of a child: name, namespace, labels, owner reference."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace_of(res),
+        "labels": child_labels,
+    }
+    if annotations:
+        meta["annotations"] = annotations
+    meta["ownerReferences"] = [owner_reference(res)]
+    return meta
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod-level half of the restricted Pod Security Standard."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": POD_UID,
+        "runAsGroup": POD_UID,
+        "fsGroup": POD_UID,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """Container-level half of the restricted Pod Security Standard."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def tmp_volume() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A writable /tmp (the root filesystem is read-only): volume and mount."""
+    return (
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        {"name": "tmp", "mountPath": "/tmp"},
+    )
+
+
+def stable_hash(obj: Any) -> str:
+    """16 hex chars of the SHA-256 of canonical JSON (stable across processes)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def source_claims(res: AcceleratedModel) -> list[str]:
+    """Claims named by pvc:// URIs in the source, calibration and validation data."""
+    opt = res.spec.optimization
+    uris = [
+        res.spec.source.uri,
+        opt.validation.uri,
+        opt.quantization.calibration.uri if opt.quantization.calibration else None,
+    ]
+    claims = {
+        uri.removeprefix("pvc://").split("/", 1)[0]
+        for uri in uris
+        if uri and uri.startswith("pvc://")
+    }
+    return sorted(claims)
+
+
+def shared_across_nodes(res: AcceleratedModel) -> bool:
+    """Whether pods on several nodes can mount the artifacts volume at once."""
+    return res.spec.storage.pvc.access_mode is AccessMode.READ_WRITE_MANY
+
+
+def serving_spec(res: AcceleratedModel) -> dict[str, Any]:
+    """The spec the runtime reads (KUBEACCEL_SPEC): everything but storage.
+
+    Storage only tells the operator where artifacts live, so a storage edit must not
+    roll the serving pods.
+    """
+    wire = res.spec.to_wire()
+    wire.pop("storage", None)
+    return wire
+
+
+def container_port() -> dict[str, Any]:
+    """The runtime's HTTP port."""
+    return {"name": PORT_NAME, "containerPort": RUNTIME_PORT, "protocol": "TCP"}

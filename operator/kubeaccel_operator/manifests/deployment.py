@@ -1,0 +1,151 @@
+"""Shard Deployments: `kubeaccel serve` for one pipeline shard of one artifact."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from kubeaccel_api.constants import RUNTIME_PORT
+from kubeaccel_api.v1alpha1 import AcceleratedModel
+
+from kubeaccel_operator.manifests.common import (
+    ANNOTATION_SPEC_HASH,
+    ARTIFACTS_ROOT,
+    PORT_NAME,
+    Component,
+    Manifest,
+    artifacts_claim_name,
+    container_port,
+    container_security_context,
+    labels,
+    object_meta,
+    pod_security_context,
+    selector_labels,
+    serving_spec,
+    shard_name,
+    shard_url,
+    stable_hash,
+    tmp_volume,
+)
+from kubeaccel_operator.manifests.scheduling import default_affinity, placement, runtime_resources
+
+if TYPE_CHECKING:
+    from kubeaccel_operator.settings import Settings
+
+CONTAINER = "runtime"
+LIVE_PATH = "/v2/health/live"
+READY_PATH = "/v2/health/ready"
+
+
+def artifact_dir(res: AcceleratedModel, artifact: str) -> str:
+    """Where the artifact lives inside the volume and inside the pod."""
+    return f"{ARTIFACTS_ROOT}/{res.metadata.name}/{artifact}"
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": PORT_NAME},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def serve_args(res: AcceleratedModel, index: int, artifact: str) -> list[str]:
+    """Arguments of `kubeaccel serve` for shard `index`."""
+    args = [
+        "serve",
+        "--artifacts",
+        artifact_dir(res, artifact),
+        "--shard",
+        str(index),
+        "--port",
+        str(RUNTIME_PORT),
+        "--host",
+        "0.0.0.0",
+    ]
+    if index + 1 < res.spec.optimization.partition.shards:
+        args += ["--next", shard_url(res, index + 1)]
+    return args
+
+
+def build_deployment(res: AcceleratedModel, index: int, artifact: str, cfg: Settings) -> Manifest:
+    """Deployment `<name>-shard-<i>` serving shard i of `artifact`."""
+    runtime = res.spec.runtime
+    spec_json = json.dumps(serving_spec(res), sort_keys=True, separators=(",", ":"))
+    tmp, tmp_mount = tmp_volume()
+    subpath = f"{res.metadata.name}/{artifact}"
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": runtime.image or cfg.runtime_image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["kubeaccel"],
+        "args": serve_args(res, index, artifact),
+        "env": [
+            {"name": "KUBEACCEL_SPEC", "value": spec_json},
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "TMPDIR", "value": "/tmp"},
+        ],
+        "ports": [container_port()],
+        # Loading (and, for TensorRT, building engines) can take minutes; the startup probe
+        # holds liveness off until the server answers.
+        "startupProbe": _probe(LIVE_PATH, 5, 120),
+        "livenessProbe": _probe(LIVE_PATH, 10, 3),
+        "readinessProbe": _probe(READY_PATH, 5, 3),
+        "resources": runtime_resources(res, cfg),
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {
+                "name": "artifacts",
+                "mountPath": artifact_dir(res, artifact),
+                "subPath": subpath,
+                "readOnly": True,
+            },
+            tmp_mount,
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": [
+            {
+                "name": "artifacts",
+                "persistentVolumeClaim": {"claimName": artifacts_claim_name(res), "readOnly": True},
+            },
+            tmp,
+        ],
+    }
+    pod_spec.update(placement(res, runtime.affinity or default_affinity(res, index)))
+    if runtime.priority_class_name:
+        pod_spec["priorityClassName"] = runtime.priority_class_name
+    pod_labels = labels(res, Component.RUNTIME, shard=index, artifact=artifact)
+    pod_annotations = {
+        # A runtime-only edit changes this hash (and KUBEACCEL_SPEC), which rolls the pods.
+        ANNOTATION_SPEC_HASH: stable_hash([artifact, spec_json]),
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(RUNTIME_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_meta(res, shard_name(res.metadata.name, index), pod_labels),
+        "spec": {
+            "replicas": runtime.replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector_labels(res, Component.RUNTIME, index)},
+            # Keep every old replica until its replacement is ready: the previous artifact
+            # serves until the new one proves healthy (needs room for one extra pod).
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": pod_annotations},
+                "spec": pod_spec,
+            },
+        },
+    }

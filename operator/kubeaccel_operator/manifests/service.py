@@ -1,0 +1,47 @@
+"""Services: one per shard (shard i calls shard i+1 through it) and the model's main one."""
+
+from __future__ import annotations
+
+from kubeaccel_api.constants import RUNTIME_PORT
+from kubeaccel_api.v1alpha1 import AcceleratedModel
+
+from kubeaccel_operator.manifests.common import (
+    PORT_NAME,
+    Component,
+    Manifest,
+    labels,
+    object_meta,
+    selector_labels,
+    shard_name,
+)
+
+
+def _service(res: AcceleratedModel, name: str, component: Component, shard: int | None) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_meta(res, name, labels(res, component, shard=shard)),
+        "spec": {
+            "type": "ClusterIP",
+            # The main Service (shard None) fronts the pipeline's first shard.
+            "selector": selector_labels(res, Component.RUNTIME, shard or 0),
+            "ports": [
+                {
+                    "name": PORT_NAME,
+                    "port": RUNTIME_PORT,
+                    "targetPort": PORT_NAME,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+def build_shard_service(res: AcceleratedModel, index: int) -> Manifest:
+    """Service `<name>-shard-<i>` selecting the pods of shard i."""
+    return _service(res, shard_name(res.metadata.name, index), Component.RUNTIME, index)
+
+
+def build_main_service(res: AcceleratedModel) -> Manifest:
+    """Service `<name>`: the model's endpoint, selecting the pipeline's first shard."""
+    return _service(res, res.metadata.name, Component.ENDPOINT, None)
