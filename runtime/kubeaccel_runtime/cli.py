@@ -18,6 +18,10 @@ from rich.console import Console
 LAZY_COMMANDS: dict[str, str] = {
     "optimize": "kubeaccel_runtime.optimize.cli:optimize",
     "serve": "kubeaccel_runtime.serve.cli:serve",
+    "run": "kubeaccel_runtime.local.cli:run",
+    "stop": "kubeaccel_runtime.local.cli:stop",
+    "infer": "kubeaccel_runtime.local.clients:infer",
+    "bench": "kubeaccel_runtime.local.clients:bench",
 }
 
 

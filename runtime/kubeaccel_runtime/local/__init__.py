@@ -1,0 +1,1 @@
+"""Local runs: the whole AcceleratedModel flow on one machine, no cluster."""

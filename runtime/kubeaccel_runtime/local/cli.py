@@ -1,0 +1,100 @@
+"""Click commands for local runs: `kubeaccel run` and `kubeaccel stop`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from kubeaccel_api.validation import InvalidResource
+from rich.console import Console
+
+from kubeaccel_runtime.local.run import (
+    RunError,
+    RunPaths,
+    optimize,
+    serve_foreground,
+    start_detached,
+    stop_detached,
+    write_spec,
+)
+from kubeaccel_runtime.local.supervisor import PortInUse, plan_ports
+from kubeaccel_runtime.optimize.cli import summary_table
+from kubeaccel_runtime.optimize.errors import OptimizeError
+from kubeaccel_runtime.specfile import load_one
+
+WORKDIR = click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".kubeaccel"),
+    show_default=True,
+    help="Where artifacts, logs and run state are kept.",
+)
+
+
+@click.command()
+@click.option(
+    "-f",
+    "--filename",
+    "spec_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="AcceleratedModel YAML.",
+)
+@WORKDIR
+@click.option("--port", type=int, default=None, help="Port of shard 0 (default: a free one).")
+@click.option("--detach", is_flag=True, help="Start in the background and return when ready.")
+@click.option("--force", is_flag=True, help="Re-optimize even if the artifact exists.")
+@click.option("--ready-timeout", type=float, default=120.0, show_default=True, help="Seconds.")
+def run(
+    spec_path: Path,
+    workdir: Path,
+    port: int | None,
+    detach: bool,
+    force: bool,
+    ready_timeout: float,
+) -> None:
+    """Optimize a model and serve every shard locally, chained on loopback."""
+    console, err = Console(), Console(stderr=True)
+    try:
+        resource = load_one(spec_path)
+    except InvalidResource as exc:
+        for line in exc.problems:
+            err.print(f"[red]✗[/red] {line}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    paths = RunPaths(workdir.resolve(), resource.metadata.name)
+    try:
+        if port is not None:
+            plan_ports(1, port)  # fail before optimizing if the port is taken
+        result = optimize(resource, paths, force=force, console=console)
+        artifact = result.path
+        write_spec(resource, paths)
+        reused = " (reused: same source and optimization)" if result.reused else ""
+        console.print(f"artifact: {artifact}{reused}")
+        console.print(summary_table(result.report))
+        if detach:
+            state = start_detached(spec_path, paths, port=port, ready_timeout=ready_timeout)
+            console.print(f"[green]ready[/green]: {state['endpoint']}")
+            console.print(
+                f"stop it with: kubeaccel stop {resource.metadata.name} --workdir {workdir}"
+            )
+            return
+        code = serve_foreground(
+            resource, artifact, paths, port=port, ready_timeout=ready_timeout, console=console
+        )
+    except (RunError, PortInUse, OptimizeError) as exc:
+        err.print(f"[red]error[/red]: {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
+@click.command()
+@click.argument("name")
+@WORKDIR
+def stop(name: str, workdir: Path) -> None:
+    """Stop a detached local run and every shard it started."""
+    if stop_detached(RunPaths(workdir.resolve(), name)):
+        click.echo(f"stopped {name}")
+    else:
+        click.echo(f"no running local run named {name} under {workdir}", err=True)
+        sys.exit(1)
