@@ -101,6 +101,8 @@ def serve_foreground(
         shards=shards,
         ports=plan_ports(shards, port),
         log_dir=paths.logs,
+        # Shards share this machine's cores: split them rather than oversubscribe.
+        threads=max(1, (os.cpu_count() or 1) // shards),
     )
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     chain = Chain(cfg)
@@ -109,9 +111,16 @@ def serve_foreground(
         with console.status(f"starting {shards} shard(s)…"):
             chain.wait_ready(ready_timeout)
         endpoint = f"{chain.endpoint}/v2/models/{resource.metadata.name}"
-        paths.state.write_text(
-            json.dumps({"pid": os.getpid(), "endpoint": endpoint, "shardPids": chain.pids()})
-        )
+        state = {
+            "pid": os.getpid(),
+            "endpoint": endpoint,
+            "artifact": str(artifact),
+            "shardPids": chain.pids(),
+        }
+        # Written atomically: a detached parent polls for this file.
+        tmp = paths.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(paths.state)
         console.print(f"[green]ready[/green]: {endpoint}  (shards on ports {cfg.ports})")
         while True:
             chain.check_alive()
@@ -150,14 +159,22 @@ def start_detached(
     deadline = time.monotonic() + ready_timeout + 30
     while time.monotonic() < deadline:
         if paths.state.exists():
-            state: dict[str, object] = json.loads(paths.state.read_text())
-            return state
+            return read_state(paths)
         if proc.poll() is not None:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
             raise RunError(f"the local run exited with code {proc.returncode}:\n{tail}")
         time.sleep(0.2)
     proc.terminate()
     raise RunError(f"the local run was not ready after {ready_timeout:.0f} s (log: {log})")
+
+
+def read_state(paths: RunPaths) -> dict[str, object]:
+    """The state a running local run published (pid, endpoint, artifact, shard pids)."""
+    try:
+        state: dict[str, object] = json.loads(paths.state.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(f"no running local run under {paths.root}: {exc}") from None
+    return state
 
 
 def stop_detached(paths: RunPaths, timeout: float = 30.0) -> bool:

@@ -121,6 +121,7 @@ class ChainConfig:
     ports: list[int]
     log_dir: Path
     host: str = LOOPBACK
+    threads: int = 1
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -133,6 +134,10 @@ def serve_command(cfg: ChainConfig, index: int) -> list[str]:
         "--port", str(cfg.ports[index]),
         "--host", cfg.host,
         "--spec", str(cfg.spec_file),
+        "--threads", str(cfg.threads),
+        # Locally nothing routes by readiness: report a failed load and stop quickly.
+        "--fail-exit-seconds", "1",
+        "--drain-seconds", "0.2",
     ]  # fmt: skip
     if index + 1 < cfg.shards:
         cmd += ["--next", f"http://{LOOPBACK}:{cfg.ports[index + 1]}"]

@@ -1,0 +1,211 @@
+"""`kubeaccel run`: the whole flow as local processes, and every way it can fail cleanly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from kubeaccel_runtime.client import InferenceClient
+from kubeaccel_runtime.local.run import RunPaths, serve_foreground, write_spec
+from kubeaccel_runtime.specfile import load_one
+from rich.console import Console
+
+pytestmark = pytest.mark.slow
+BUDGET = 0.25  # max abs diff allowed for the tiny MLP under dynamic INT8
+
+
+def _kubeaccel(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "kubeaccel_runtime.cli", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().split()[3]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+@pytest.fixture
+def mlp_dir(tmp_path: Path, opt_models: Any, opt_spec_writer: Callable[..., Path]) -> Path:
+    """A folder with a small MLP and a spec: dynamic INT8, two shards."""
+    model = opt_models.mlp(seed=3)
+    (tmp_path / "mlp.onnx").write_bytes(model.SerializeToString())
+    digest = hashlib.sha256((tmp_path / "mlp.onnx").read_bytes()).hexdigest()
+    opt_spec_writer(
+        tmp_path,
+        "mlp.onnx",
+        digest,
+        name="tiny",
+        optimization={
+            "quantization": {"mode": "dynamic-int8"},
+            "partition": {"shards": 2},
+            "accuracyBudget": {"maxAbsDiff": BUDGET},
+        },
+    )
+    return tmp_path
+
+
+def _wait_for_state(paths: RunPaths, proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if paths.state.exists():
+            state: dict[str, Any] = json.loads(paths.state.read_text())
+            return state
+        if proc.poll() is not None:
+            raise AssertionError(f"kubeaccel run exited early: {proc.communicate()}")
+        time.sleep(0.2)
+    raise AssertionError("kubeaccel run never became ready")
+
+
+def test_run_serves_two_chained_shards_like_the_original_and_sigterm_leaves_no_child(
+    mlp_dir: Path,
+) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "kubeaccel_runtime.cli",
+        "run",
+        "-f",
+        "tiny.yaml",
+        "--workdir",
+        "w",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=mlp_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    paths = RunPaths((mlp_dir / "w").resolve(), "tiny")
+    try:
+        state = _wait_for_state(paths, proc, timeout=150)
+        shard_pids = [int(p) for p in state["shardPids"]]
+        assert len(shard_pids) == 2 and all(_alive(p) for p in shard_pids)
+        x = np.random.default_rng(0).random((5, 64), dtype=np.float32)
+        session = ort.InferenceSession(
+            str(mlp_dir / "mlp.onnx"), providers=["CPUExecutionProvider"]
+        )
+        expected = session.run(None, {"input": x})[0]
+        base = str(state["endpoint"]).split("/v2/")[0]
+        with InferenceClient(base) as client:
+            served = client.infer("tiny", {"input": x}).outputs["logits"]
+        assert served.shape == expected.shape
+        assert float(np.abs(served - expected).max()) <= BUDGET
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert not [p for p in shard_pids if _alive(p)]
+    assert not paths.state.exists()
+
+
+def test_a_second_run_reuses_the_artifact_and_force_reoptimizes(mlp_dir: Path) -> None:
+    first = _kubeaccel(mlp_dir, "optimize", "--spec", "tiny.yaml", "--out", "w/artifacts/tiny")
+    assert first.returncode == 0, first.stderr
+    resource = load_one(mlp_dir / "tiny.yaml")
+    from kubeaccel_runtime.local.run import optimize
+
+    paths = RunPaths((mlp_dir / "w").resolve(), "tiny")
+    cwd = os.getcwd()
+    os.chdir(mlp_dir)
+    try:
+        assert optimize(resource, paths, force=False, console=Console(quiet=True)).reused
+        assert not optimize(resource, paths, force=True, console=Console(quiet=True)).reused
+    finally:
+        os.chdir(cwd)
+
+
+def test_an_invalid_spec_fails_with_its_field_path(mlp_dir: Path) -> None:
+    text = (mlp_dir / "tiny.yaml").read_text().replace("shards: 2", "shards: 0")
+    (mlp_dir / "bad.yaml").write_text(text)
+    result = _kubeaccel(mlp_dir, "run", "-f", "bad.yaml", "--workdir", "w")
+    assert result.returncode == 1
+    assert "spec.optimization.partition.shards" in result.stderr
+
+
+def test_an_unreachable_source_fails_clearly(mlp_dir: Path) -> None:
+    text = (mlp_dir / "tiny.yaml").read_text().replace("file://mlp.onnx", "file://missing.onnx")
+    (mlp_dir / "gone.yaml").write_text(text)
+    result = _kubeaccel(mlp_dir, "run", "-f", "gone.yaml", "--workdir", "w")
+    assert result.returncode == 1
+    assert "missing.onnx" in result.stderr
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    text = (
+        (mlp_dir / "tiny.yaml")
+        .read_text()
+        .replace("file://mlp.onnx", f"http://127.0.0.1:{closed_port}/mlp.onnx")
+    )
+    (mlp_dir / "http.yaml").write_text(text)
+    result = _kubeaccel(mlp_dir, "run", "-f", "http.yaml", "--workdir", "w")
+    assert result.returncode == 1
+    assert f"127.0.0.1:{closed_port}" in result.stderr
+
+
+def test_a_sha256_mismatch_fails_and_writes_no_artifact(mlp_dir: Path) -> None:
+    text = (mlp_dir / "tiny.yaml").read_text()
+    digest = hashlib.sha256((mlp_dir / "mlp.onnx").read_bytes()).hexdigest()
+    (mlp_dir / "wrong.yaml").write_text(text.replace(digest, "f" * 64))
+    result = _kubeaccel(mlp_dir, "run", "-f", "wrong.yaml", "--workdir", "w")
+    assert result.returncode == 1
+    assert "sha256" in result.stderr
+    artifacts = mlp_dir / "w" / "artifacts" / "tiny"
+    assert not artifacts.exists() or not any(artifacts.iterdir())
+
+
+def test_a_port_in_use_fails_before_anything_starts(mlp_dir: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = _kubeaccel(
+            mlp_dir, "run", "-f", "tiny.yaml", "--workdir", "w", "--port", str(port)
+        )
+    assert result.returncode == 1
+    assert f"port {port}" in result.stderr and "already in use" in result.stderr
+    assert not (mlp_dir / "w" / "artifacts").exists()
+
+
+def test_a_shard_that_crashes_at_start_is_named_and_no_process_is_left(mlp_dir: Path) -> None:
+    result = _kubeaccel(mlp_dir, "optimize", "--spec", "tiny.yaml", "--out", "w/artifacts/tiny")
+    assert result.returncode == 0, result.stderr
+    artifact = next((mlp_dir / "w" / "artifacts" / "tiny").iterdir())
+    shard1 = artifact / "shard-1.onnx"
+    model = onnx.load(shard1)
+    model.producer_name = "tampered"
+    shard1.chmod(0o644)
+    onnx.save(model, shard1)
+    resource = load_one(mlp_dir / "tiny.yaml")
+    paths = RunPaths((mlp_dir / "w").resolve(), "tiny")
+    write_spec(resource, paths)
+    console = Console(record=True, width=200)
+    code = serve_foreground(resource, artifact, paths, port=None, ready_timeout=60, console=console)
+    assert code == 1
+    text = console.export_text()
+    assert "shard 1" in text and "exited with code 1" in text and "sha256" in text
+    assert all(not _alive(p) for p in _children_of(os.getpid()))
