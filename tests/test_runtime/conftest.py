@@ -100,15 +100,17 @@ def build_cnn(seed: int = 0, weak: int = 0) -> ModelProto:
         "bn_v": rng.uniform(0.8, 1.2, 8).astype(np.float32),
         "c2w": _weights(rng, (16, 8, 3, 3), weak),
         "c2b": (rng.standard_normal(16) * 0.05).astype(np.float32),
-        "f1w": _weights(rng, (32, 16 * 2 * 2), weak),
+        "f1w": _weights(rng, (32, 16 * 2 * 2), 2 * weak),
         "f1b": (rng.standard_normal(32) * 0.05).astype(np.float32),
         "f2w": _weights(rng, (10, 32)),
         "f2b": np.zeros(10, np.float32),
     }
     if weak:
         inits["c1b"][-(weak // 2) :] = 0.0
+        inits["bn_b"][-(weak // 2) :] = 0.0
+        inits["bn_m"][-(weak // 2) :] = 0.0
         inits["c2b"][-weak:] = 0.0
-        inits["f1b"][-weak:] = 0.0
+        inits["f1b"][-2 * weak :] = 0.0
     nodes = [
         helper.make_node("Conv", ["input", "c1w", "c1b"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node(

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlparse
 
 import numpy as np
 from kubeaccel_api.artifact import artifact_id
@@ -201,7 +200,9 @@ def check_contract(
 
 
 def _basename(uri: str, default: str) -> str:
-    name = Path(urlparse(uri).path).name
+    # file://name has the name in the "host" part for urlparse: split by hand.
+    rest = uri.partition("://")[2].split("?", 1)[0]
+    name = rest.rstrip("/").rsplit("/", 1)[-1]
     return name if name and onnx_io.is_safe_relative(name) else default
 
 

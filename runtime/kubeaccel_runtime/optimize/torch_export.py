@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -126,6 +127,47 @@ def _dynamic_axes(specs: Sequence[TensorSpec]) -> dict[str, dict[int, str]]:
     }
 
 
+def _export(
+    torch: Any,
+    path: Path,
+    fmt: SourceFormat,
+    inputs: Sequence[TensorSpec],
+    output_names: list[str] | None,
+    out: Path,
+) -> None:
+    input_names = [t.name for t in inputs]
+    if fmt is SourceFormat.TORCHSCRIPT:
+        module = torch.jit.load(str(path), map_location="cpu")
+        module.eval()
+        names = output_names or ["output"]
+        torch.onnx.export(
+            module,
+            _example_args(torch, inputs),
+            str(out),
+            dynamo=False,  # torch.export cannot trace ScriptModules
+            input_names=input_names,
+            output_names=names,
+            dynamic_axes=_dynamic_axes(inputs) | {n: {0: "batch"} for n in names},
+            opset_version=OPSET,
+        )
+    elif fmt is SourceFormat.TORCH_EXPORTED_PROGRAM:
+        check_pt2_archive(path)
+        with no_unpickling(torch):
+            program = torch.export.load(str(path))
+        # The program carries its own (possibly dynamic) shapes; no example inputs needed.
+        torch.onnx.export(
+            program,
+            (),
+            str(out),
+            dynamo=True,
+            external_data=False,
+            input_names=input_names,
+            output_names=output_names,
+        )
+    else:
+        raise UnsupportedModel(f"{fmt.value} is not a torch format")
+
+
 def export_to_onnx(
     path: Path,
     fmt: SourceFormat,
@@ -140,39 +182,13 @@ def export_to_onnx(
     """
     torch = _import_torch()
     out = work / "exported.onnx"
-    input_names = [t.name for t in inputs]
     output_names = [t.name for t in outputs] if outputs else None
     try:
-        if fmt is SourceFormat.TORCHSCRIPT:
-            module = torch.jit.load(str(path), map_location="cpu")
-            module.eval()
-            names = output_names or ["output"]
-            torch.onnx.export(
-                module,
-                _example_args(torch, inputs),
-                str(out),
-                dynamo=False,  # torch.export cannot trace ScriptModules
-                input_names=input_names,
-                output_names=names,
-                dynamic_axes=_dynamic_axes(inputs) | {n: {0: "batch"} for n in names},
-                opset_version=OPSET,
-            )
-        elif fmt is SourceFormat.TORCH_EXPORTED_PROGRAM:
-            check_pt2_archive(path)
-            with no_unpickling(torch):
-                program = torch.export.load(str(path))
-            # The program carries its own (possibly dynamic) shapes; no example inputs needed.
-            torch.onnx.export(
-                program,
-                (),
-                str(out),
-                dynamo=True,
-                external_data=False,
-                input_names=input_names,
-                output_names=output_names,
-            )
-        else:
-            raise UnsupportedModel(f"{fmt.value} is not a torch format")
+        with warnings.catch_warnings():
+            # torch deprecates TorchScript and its exporter loudly; the Job log needs none of it.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            _export(torch, path, fmt, inputs, output_names, out)
     except UnsupportedModel:
         raise
     except Exception as exc:  # torch raises many unrelated types while loading/exporting
