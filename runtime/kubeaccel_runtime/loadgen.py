@@ -258,6 +258,27 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     return summarize(latencies, statuses, elapsed, _rows(spec))
 
 
+def inputs_from_metadata(
+    metadata: Mapping[str, Any], batch: int = 1, seed: int = 0
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Random inputs matching a model's OIP metadata (dim 0 = `batch`, other dynamic dims = 1)."""
+    from kubeaccel_runtime.client import OIP_TO_NUMPY
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray[Any, Any]] = {}
+    for item in metadata["inputs"]:
+        dims = [int(d) for d in item["shape"]]
+        shape = tuple(batch if i == 0 and d == -1 else max(d, 1) for i, d in enumerate(dims))
+        dtype = OIP_TO_NUMPY[item["datatype"]]
+        if dtype.kind == "f":
+            out[item["name"]] = rng.random(shape, dtype=np.float64).astype(dtype)
+        elif dtype.kind == "b":
+            out[item["name"]] = rng.random(shape) < 0.5
+        else:
+            out[item["name"]] = rng.integers(0, 2, size=shape).astype(dtype)
+    return out
+
+
 def run(spec: LoadSpec) -> LoadResult:
     """run_load on a fresh event loop (uvloop when installed)."""
     try:

@@ -66,6 +66,9 @@ class ServeSettings:
     chain: ChainConfig | None = None
     run_workers: int = 1
     max_inflight: int = 4096
+    # Session calls expected to take less than this run on the event loop itself: a
+    # thread hand-off costs more than a tiny model (docs/benchmarks.md). 0 disables.
+    inline_run_ms: float = 0.3
     # Used only while no model is loaded (the model's limits apply afterwards).
     max_request_bytes: int = 16 * 1024 * 1024
 
@@ -109,6 +112,8 @@ class ServeApp:
         self._counters: dict[tuple[str, int], Any] = {}
         self._openapi = orjson.dumps(build_openapi())
         self._provider_reported = ""
+        self._inline_s = settings.inline_run_ms / 1000.0
+        self._row_cost_s: float | None = None  # unknown until measured: start in the thread
         self._simple: dict[str, Callable[[], Awaitable[tuple[int, bytes, bytes]]]] = {
             "/v2": self._server_metadata,
             "/v2/health/live": self._live,
@@ -339,10 +344,23 @@ class ServeApp:
         try:
             if batcher is not None:
                 return await batcher.submit(request.inputs, request.batch, request.signature)
-            loop = asyncio.get_running_loop()
-            started = time.perf_counter()
-            outputs = await loop.run_in_executor(self._executor, model.run, request.inputs)
-            self.metrics.inference.observe(time.perf_counter() - started)
+            cost = self._row_cost_s
+            if cost is not None and cost * request.batch < self._inline_s:
+                outputs, took = _timed_run(model, request.inputs)
+                self.metrics.queue.observe(0.0)
+            else:
+                loop = asyncio.get_running_loop()
+                submitted = time.perf_counter()
+                outputs, took = await loop.run_in_executor(
+                    self._executor, _timed_run, model, request.inputs
+                )
+                # Waiting for the worker thread (and the hand-off back) is queue time.
+                self.metrics.queue.observe(max(0.0, time.perf_counter() - submitted - took))
+            # Moving average of the compute time per batch row (measured inside the call,
+            # without the thread hand-off) decides inline vs thread next time.
+            per_row = took / request.batch
+            self._row_cost_s = per_row if cost is None else cost + 0.1 * (per_row - cost)
+            self.metrics.inference.observe(took)
             self.metrics.batch_size.observe(request.batch)
             return outputs
         except ServeError:
@@ -461,6 +479,13 @@ async def _read_body(receive: Receive, headers: dict[bytes, bytes], cap: int) ->
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _timed_run(model: LoadedModel, inputs: dict[str, Array]) -> tuple[dict[str, Array], float]:
+    """One session call and its duration, measured where it runs."""
+    started = time.perf_counter()
+    outputs = model.run(inputs)
+    return outputs, time.perf_counter() - started
 
 
 def _run_error(exc: Exception) -> ServeError:

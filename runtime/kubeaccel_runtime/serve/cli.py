@@ -8,6 +8,7 @@ a crash loop with a readable reason instead of a silent not-ready pod.
 
 from __future__ import annotations
 
+import gc
 import logging
 import logging.config
 import os
@@ -47,12 +48,15 @@ def resolve_spec(spec_file: Path | None, artifacts: Path) -> AcceleratedModelSpe
 
 
 def settings_for(
-    spec: AcceleratedModelSpec | None, next_url: str | None, workers: int
+    spec: AcceleratedModelSpec | None,
+    next_url: str | None,
+    workers: int,
+    inline_run_ms: float = 0.3,
 ) -> ServeSettings:
     """Server settings from the spec's runtime/limits sections and the CLI flags."""
     chain = ChainConfig(next_url=next_url) if next_url else None
     if spec is None:
-        return ServeSettings(chain=chain, run_workers=workers)
+        return ServeSettings(chain=chain, run_workers=workers, inline_run_ms=inline_run_ms)
     batching = spec.runtime.batching
     return ServeSettings(
         batching=batching.enabled,
@@ -60,6 +64,7 @@ def settings_for(
         max_delay_ms=batching.max_delay_ms,
         chain=chain,
         run_workers=workers,
+        inline_run_ms=inline_run_ms,
         max_request_bytes=spec.limits.max_request_bytes,
     )
 
@@ -109,6 +114,13 @@ def settings_for(
     help="Concurrent session calls.",
 )
 @click.option(
+    "--inline-run-ms",
+    type=click.FloatRange(min=0),
+    default=0.3,
+    show_default=True,
+    help="Run session calls expected under this many ms on the event loop (0: always a thread).",
+)
+@click.option(
     "--drain-seconds",
     type=float,
     default=5.0,
@@ -142,6 +154,7 @@ def serve(
     provider: str | None,
     threads: int | None,
     workers: int,
+    inline_run_ms: float,
     drain_seconds: float,
     shutdown_timeout: float,
     fail_exit_seconds: float,
@@ -159,7 +172,7 @@ def serve(
     except ArtifactInvalid:
         name = artifacts.name  # load fails below with the precise reason
     slot = ModelSlot(name)
-    app = create_app(slot, settings_for(spec, next_url, workers))
+    app = create_app(slot, settings_for(spec, next_url, workers, inline_run_ms))
     server = build_server(
         app,
         ServerOptions(
@@ -194,6 +207,9 @@ def serve(
         if app.settings.batching and not model.batching_capable:
             log.warning("batching disabled: inputs/outputs lack a dynamic dimension 0")
         slot.set(model)
+        # Everything loaded so far lives for the whole process: keep it out of the
+        # collector's full passes, which otherwise stall requests for milliseconds.
+        gc.freeze()
 
     threading.Thread(target=load, name="load-shard", daemon=True).start()
     server.run()

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from kubeaccel_runtime.client import InferenceClient, decode_response, encode_request
-from kubeaccel_runtime.serve.app import ModelSlot, ServeApp
+from kubeaccel_runtime.serve.app import ModelSlot, ServeApp, ServeSettings
 from kubeaccel_runtime.serve.openapi import render
 from kubeaccel_runtime.serve.session import LoadedModel
 from serve_fixtures import ServerThread
@@ -214,3 +214,35 @@ def test_the_sync_client_works_against_a_real_loopback_server(
         for binary in (True, False):
             out = cli.infer("mlp", {"x": X}, binary=binary)
             np.testing.assert_array_equal(out.outputs["y"], reference(mlp_artifact, X))
+
+
+async def test_inline_and_worker_thread_session_calls_give_identical_outputs(
+    mlp_model: LoadedModel, app_factory: Callable[..., ServeApp]
+) -> None:
+    results = []
+    for inline_ms in (0.0, 1000.0):
+        app = app_factory(mlp_model, ServeSettings(inline_run_ms=inline_ms))
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as c:
+            outs = []
+            for _ in range(3):  # the first call always measures in the worker thread
+                body, headers = encode_request({"x": X})
+                r = await c.post("/v2/models/mlp/infer", content=body, headers=headers)
+                outs.append(decode_response(r.content, r.headers).outputs["y"])
+            text = (await c.get("/metrics")).text
+        assert "kubeaccel_queue_duration_seconds_count 3.0" in text
+        results.append(outs)
+    for a, b in zip(results[0], results[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+async def test_too_many_requests_in_flight_get_a_503(
+    mlp_model: LoadedModel, app_factory: Callable[..., ServeApp]
+) -> None:
+    app = app_factory(mlp_model, ServeSettings(max_inflight=0))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        body, headers = encode_request({"x": X})
+        r = await c.post("/v2/models/mlp/infer", content=body, headers=headers)
+    assert r.status_code == 503
+    assert "in flight (limit 0)" in r.json()["error"]
