@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -300,3 +301,62 @@ def test_peak_rss_and_the_profile_are_measured_in_a_subprocess(
         figures = report["peakRss"][side]
         assert figures["peakRssBytes"] > figures["sessionRssBytes"] > 0
     assert {b["opType"] for b in report["bottlenecksBefore"]} & {"Conv", "FusedConv", "Gemm"}
+
+
+def test_a_model_with_external_weight_data_is_loaded_from_next_to_it(
+    tmp_path, opt_models, opt_spec_writer
+):
+    model = opt_models.mlp()
+    onnx.save_model(
+        model,
+        str(tmp_path / "model.onnx"),
+        save_as_external_data=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
+    assert (tmp_path / "model.onnx").stat().st_size < 2000  # weights are in the .data file
+    sha = hashlib.sha256((tmp_path / "model.onnx").read_bytes()).hexdigest()
+    resource = load_one(opt_spec_writer(tmp_path, "model.onnx", sha))
+    result = _run(resource, tmp_path / "out", tmp_path)
+    manifest = verify_artifact(result.path)
+    assert manifest.source_sha256 == sha
+    assert result.report["sizes"]["bytesBefore"] > 10_000
+
+
+def test_fp16_mode_halves_the_artifact_and_keeps_float32_io(tmp_path, opt_models, opt_spec_writer):
+    # NaN/Inf from FP16 overflow is rejected by the gate (test_optimize_accuracy); on the CPU
+    # provider onnxruntime computes FP16 graphs in FP32, so it cannot overflow here.
+    resource, out = _setup(
+        tmp_path,
+        opt_models.attention(),
+        opt_spec_writer,
+        inputs=[{"name": "input", "dtype": "float32", "shape": [-1, 8, 32]}],
+        optimization={"quantization": {"mode": "fp16"}, "accuracyBudget": {"maxAbsDiff": 0.05}},
+    )
+    result = _run(resource, out, tmp_path)
+    manifest = verify_artifact(result.path)
+    assert (
+        manifest.inputs[0].dtype.value == "float32" and manifest.outputs[0].dtype.value == "float32"
+    )
+    assert result.report["sizes"]["sizeRatio"] < 0.6
+    [stage] = result.report["chosen"]["stages"]
+    assert stage["stage"] == "fp16" and "Softmax" in stage["notes"]["blockedOpsPresent"]
+
+
+def test_torch_sources_without_torch_name_the_extra_to_install(
+    tmp_path, opt_spec_writer, monkeypatch
+):
+    (tmp_path / "model.pt").write_bytes(b"not used")
+    sha = hashlib.sha256(b"not used").hexdigest()
+    path = opt_spec_writer(tmp_path, "model.pt", sha)
+    path.write_text(
+        path.read_text().replace(
+            "uri: file://model.pt", "uri: file://model.pt\n    format: torchscript"
+        )
+    )
+    resource = load_one(path)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(
+        UnsupportedModel, match=r"install the optimize extra: pip install 'kubeaccel\[optimize\]'"
+    ):
+        _run(resource, tmp_path / "out", tmp_path)

@@ -6,6 +6,7 @@ the pass itself is still ModelProto in, ModelProto out.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -78,6 +79,18 @@ def _pre_process(src: Path, dst: Path) -> str:
         raise UnsupportedModel(f"quantization pre-processing failed: {exc}") from None
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """The quantizer logs benign per-tensor notes on the root logger; keep Job logs readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _counts(before: ModelProto, after: ModelProto) -> dict[str, object]:
     ops_before, ops_after = op_counts(before), op_counts(after)
     return {
@@ -88,7 +101,7 @@ def _counts(before: ModelProto, after: ModelProto) -> dict[str, object]:
 
 def quantize_dynamic_int8(model: ModelProto, config: DynamicQuantConfig) -> StageOutput:
     """Dynamic INT8 of the configured op types (MatMul/Gemm by default: ConvInteger is slow)."""
-    with tempfile.TemporaryDirectory(prefix="kubeaccel-dq-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kubeaccel-dq-") as tmp, _quiet_root_logger():
         src, pre, out = Path(tmp, "in.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "out.onnx")
         onnx_io.save(model, src)
         how = _pre_process(src, pre)
@@ -125,7 +138,7 @@ def quantize_static_int8(model: ModelProto, config: StaticQuantConfig) -> StageO
     extra: dict[str, object] = {}
     if config.method is CalibrationMethod.PERCENTILE:
         extra["CalibPercentile"] = 99.99
-    with tempfile.TemporaryDirectory(prefix="kubeaccel-sq-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kubeaccel-sq-") as tmp, _quiet_root_logger():
         src, pre, out = Path(tmp, "in.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "out.onnx")
         onnx_io.save(model, src)
         how = _pre_process(src, pre)
