@@ -496,9 +496,11 @@ def _phase(
         return Phase.OPTIMIZING
     if all_ready:
         return Phase.READY
+    # A changed pod template is a roll in progress; a missing Deployment is a loss.
     rolling = any(
-        _template_hash(want) != _template_hash(observed.get("Deployment", n) or {})
+        seen is not None and _template_hash(want) != _template_hash(seen)
         for n, want in desired_deployments.items()
+        for seen in [observed.get("Deployment", n)]
     )
     was_serving = old.phase in (Phase.READY, Phase.DEGRADED)
     if was_serving and old.deployed_artifact_id == artifact == serving and not rolling:

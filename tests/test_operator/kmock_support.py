@@ -30,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import datetime
+import gzip
+import importlib.resources
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -40,7 +42,6 @@ import attrs
 import jsonpatch
 import kmock
 from kmock._internal import enums, k8s, references, rendering
-
 from kubeaccel_api.constants import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
 MERGE_TYPES = (
@@ -70,7 +71,9 @@ def parse_selector(text: str) -> list[tuple[str, str, str | None]]:
     terms: list[tuple[str, str, str | None]] = []
     for raw in filter(None, (t.strip() for t in text.split(","))):
         if " in " in raw or " notin " in raw or "(" in raw:
-            raise k8s.KubernetesError(status=400, reason="BadRequest", message="set selectors unsupported")
+            raise k8s.KubernetesError(
+                status=400, reason="BadRequest", message="set selectors unsupported"
+            )
         if "!=" in raw:
             key, value = raw.split("!=", 1)
             terms.append((key.strip(), "!=", value.strip()))
@@ -99,7 +102,12 @@ def selector_matches(terms: list[tuple[str, str, str | None]], labels: Mapping[s
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return (
+        datetime.datetime.now(datetime.UTC)
+        .replace(microsecond=0)
+        .isoformat()
+        .replace("+00:00", "Z")
+    )
 
 
 def _header(request: rendering.Request, name: str) -> str:
@@ -115,10 +123,14 @@ class KubeEmulator(k8s.KubernetesEmulator):
 
     _revision: int = attrs.field(default=0, init=False)
     writes: list[tuple[str, str, str, str]] = attrs.field(factory=list, init=False)
+    # (User-Agent, RBAC verb, apiGroup, resource[/subresource]) of every API request.
+    calls: list[tuple[str, str, str, str]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self.resources.load_bundled()
+        # kmock's load_bundled() uses a deprecated importlib API; same data, current API.
+        bundled = importlib.resources.files("kmock._internal").joinpath("resources.json.gz")
+        self.resources.load_data(gzip.decompress(bundled.read_bytes()))
         self.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = references.ResourceInfo(
             kind=KIND,
             singular=SINGULAR,
@@ -168,7 +180,23 @@ class KubeEmulator(k8s.KubernetesEmulator):
             return enums.action.UPDATE
         return request.action
 
+    def _record(self, request: rendering.Request) -> None:
+        if request.resource is None or not request.resource.plural:
+            return  # discovery: /api, /apis, /version
+        if request.method == enums.method.GET:
+            watching = request.params.get("watch") in ("true", "1")
+            verb = "watch" if watching else "get" if request.name else "list"
+        else:
+            verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+            verb = verbs.get(str(request.method.value), str(request.method.value).lower())
+        resource = request.resource.plural
+        if request.subresource:
+            resource += f"/{request.subresource}"
+        agent = _header(request, "User-Agent")
+        self.calls.append((agent, verb, request.resource.group or "", resource))
+
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        self._record(request)
         action = self._action(request)
         writes = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
         if request.resource is None or action not in writes:
@@ -179,20 +207,26 @@ class KubeEmulator(k8s.KubernetesEmulator):
             elif action == enums.action.UPDATE:
                 obj, code = await self._update(request)
             else:
-                obj, code = await self._delete(request.resource, request.namespace, request.name or "")
+                obj, code = await self._delete(
+                    request.resource, request.namespace, request.name or ""
+                )
         return aiohttp.web.json_response(obj, status=code)
 
     async def _create(
         self, resource: references.resource, namespace: str | None, data: Any
     ) -> tuple[dict[str, Any], int]:
         if not isinstance(data, dict):
-            raise k8s.KubernetesError(status=400, reason="BadRequest", message="body is not an object")
+            raise k8s.KubernetesError(
+                status=400, reason="BadRequest", message="body is not an object"
+            )
         obj = copy.deepcopy(data)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         if not meta.get("name"):
-            raise k8s.KubernetesError(status=422, reason="Invalid", message="metadata.name is required")
+            raise k8s.KubernetesError(
+                status=422, reason="Invalid", message="metadata.name is required"
+            )
         namespace = namespace or meta.get("namespace")
         key = (resource, namespace, meta["name"])
         if self._live(key) is not None:
@@ -235,7 +269,9 @@ class KubeEmulator(k8s.KubernetesEmulator):
         elif content_type in MERGE_TYPES or content_type == APPLY_TYPE:
             patched = merge_patch(current, request.data)
         else:
-            raise k8s.KubernetesError(status=415, reason="UnsupportedMediaType", message=content_type)
+            raise k8s.KubernetesError(
+                status=415, reason="UnsupportedMediaType", message=content_type
+            )
 
         new = copy.deepcopy(current)
         if request.subresource == "status":
@@ -251,7 +287,14 @@ class KubeEmulator(k8s.KubernetesEmulator):
                 else:
                     new.pop("status", None)
         # Identity fields are the server's.
-        for field in ("uid", "creationTimestamp", "name", "namespace", "resourceVersion", "generation"):
+        for field in (
+            "uid",
+            "creationTimestamp",
+            "name",
+            "namespace",
+            "resourceVersion",
+            "generation",
+        ):
             if field in current["metadata"]:
                 new.setdefault("metadata", {})[field] = current["metadata"][field]
         if new == current:
@@ -300,7 +343,10 @@ class KubeEmulator(k8s.KubernetesEmulator):
             k
             for k, o in list(self.objects.items())
             if not o.deleted
-            and any(ref.get("uid") == uid for ref in o.raw.get("metadata", {}).get("ownerReferences") or [])
+            and any(
+                ref.get("uid") == uid
+                for ref in o.raw.get("metadata", {}).get("ownerReferences") or []
+            )
         ]
         for dep in dependents:
             live = self._live(dep)
@@ -431,3 +477,233 @@ class EmulatorThread:
         assert self.emulator is not None
         # list() copies under the GIL; the emulator thread only appends.
         yield from list(self.emulator.writes)
+
+
+class HttpError(Exception):
+    """A non-2xx answer from the emulator."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body[:300]}")
+        self.status = status
+
+
+class Api:
+    """A tiny JSON client the tests use to act as kubectl and as the controllers."""
+
+    PATHS = {
+        "AcceleratedModel": f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/{PLURAL}",
+        "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
+        "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
+        "Service": "/api/v1/namespaces/{ns}/services",
+        "Pod": "/api/v1/namespaces/{ns}/pods",
+        "Event": "/api/v1/namespaces/{ns}/events",
+        "Job": "/apis/batch/v1/namespaces/{ns}/jobs",
+        "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+        "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+    }
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> Any:
+        """One JSON request; raises HttpError on a non-2xx answer."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raise HttpError(exc.code, exc.read().decode(errors="replace")) from None
+
+    def path(self, kind: str, ns: str, name: str | None = None, sub: str | None = None) -> str:
+        """The URL path of a collection or an object."""
+        path = self.PATHS[kind].format(ns=ns)
+        return path + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+
+    def list(self, kind: str, ns: str) -> list[dict[str, Any]]:
+        """Every object of a kind in a namespace."""
+        return list(self.request("GET", self.path(kind, ns))["items"])
+
+    def names(self, kind: str, ns: str) -> set[str]:
+        """Names of every object of a kind in a namespace."""
+        return {o["metadata"]["name"] for o in self.list(kind, ns)}
+
+    def get(self, kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        """One object, or None."""
+        try:
+            return dict(self.request("GET", self.path(kind, ns, name)))
+        except HttpError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """POST an object."""
+        ns = obj["metadata"].get("namespace", "default")
+        return dict(self.request("POST", self.path(obj["kind"], ns), obj))
+
+    def patch(
+        self, kind: str, ns: str, name: str, patch: dict[str, Any], sub: str | None = None
+    ) -> dict[str, Any]:
+        """Merge-patch an object (or its status with sub='status')."""
+        return dict(
+            self.request(
+                "PATCH", self.path(kind, ns, name, sub), patch, "application/merge-patch+json"
+            )
+        )
+
+    def delete(self, kind: str, ns: str, name: str) -> None:
+        """Delete an object."""
+        self.request("DELETE", self.path(kind, ns, name))
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Any, what: str, timeout: float = 20.0, interval: float = 0.02) -> Any:
+    """Poll `check()` until it returns something truthy; fail with `what` at the deadline."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+class OperatorProcess:
+    """The real `kubeaccel-operator` (python -m kubeaccel_operator) pointed at an emulator."""
+
+    def __init__(self, kubeconfig: str, log_path: str, **settings: str) -> None:
+        import os
+
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": kubeconfig,
+            "KUBEACCEL_HEALTH_PORT": str(self.port),
+            "KUBEACCEL_LOG_FORMAT": "plain",
+            **{f"KUBEACCEL_{k.upper()}": v for k, v in settings.items()},
+        }
+        self.log_path = log_path
+        self.proc: Any = None
+
+    def start(self, timeout: float = 60.0) -> OperatorProcess:
+        """Start it and wait until kopf's liveness endpoint answers."""
+        import subprocess
+        import sys
+        import urllib.request
+
+        log = open(self.log_path, "a")  # noqa: SIM115 - owned by the child process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kubeaccel_operator"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.port}/healthz", timeout=1
+                ) as resp:
+                    return bool(resp.status == 200)
+            except OSError:
+                return False
+
+        wait_for(healthy, "the operator's liveness endpoint", timeout=timeout)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; kill if it does not exit in time. Returns the exit code."""
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return int(self.proc.returncode) if self.proc else 0
+        self.proc.terminate()
+        try:
+            return int(self.proc.wait(timeout))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return int(self.proc.wait(timeout))
+
+    def log(self) -> str:
+        """Everything the operator logged so far."""
+        with open(self.log_path) as fh:
+            return fh.read()
+
+
+def finish_job(api: Api, ns: str, job: str, message: str, *, succeeded: bool = True) -> None:
+    """Do what the Job controller and kubelet do when the optimizer pod exits."""
+    pod = f"{job}-{uuid.uuid4().hex[:5]}"
+    api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod,
+                "namespace": ns,
+                "labels": {"batch.kubernetes.io/job-name": job, "job-name": job},
+            },
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "optimize", "image": "x"}]},
+        }
+    )
+    terminated = {"exitCode": 0 if succeeded else 1, "finishedAt": _now(), "message": message}
+    api.patch(
+        "Pod", ns, pod,
+        {"status": {"phase": "Succeeded" if succeeded else "Failed",
+                    "containerStatuses": [{"name": "optimize", "state": {"terminated": terminated}}]}},
+        sub="status",
+    )  # fmt: skip
+    if succeeded:
+        status = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    else:
+        status = {
+            "failed": 1,
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "message": "Job has reached the specified backoff limit",
+                }
+            ],
+        }
+    api.patch("Job", ns, job, {"status": status}, sub="status")
+
+
+def make_available(api: Api, ns: str, name: str, available: int | None = None) -> None:
+    """Do what the Deployment controller does once every replica is ready."""
+    deployment = api.get("Deployment", ns, name)
+    assert deployment is not None, name
+    replicas = deployment["spec"]["replicas"]
+    ready = replicas if available is None else available
+    api.patch(
+        "Deployment", ns, name,
+        {"status": {
+            "observedGeneration": deployment["metadata"]["generation"],
+            "replicas": replicas, "updatedReplicas": replicas,
+            "readyReplicas": ready, "availableReplicas": ready,
+            "conditions": [{"type": "Available", "status": "True" if ready else "False"}],
+        }},
+        sub="status",
+    )  # fmt: skip

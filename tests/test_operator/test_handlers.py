@@ -1,0 +1,250 @@
+"""Handlers against a fake cluster adapter: status writes, Events, and the error policy."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import kopf
+import pytest
+from kubeaccel_api.v1alpha1 import AcceleratedModel
+from kubeaccel_operator import handlers, kube
+from kubeaccel_operator.errors import ApiError, ForeignObject
+from kubeaccel_operator.reconcile import Observed, Plan
+from kubeaccel_operator.settings import get_settings
+from operator_samples import GPU2, NAME, NS, UID, body, observed
+
+LOG = logging.getLogger("test")
+
+
+class FakeCluster:
+    """An in-memory Cluster: children by kind and name, the resource, recorded calls."""
+
+    def __init__(self, model_body: dict[str, Any] | None = None) -> None:
+        self.children: dict[str, dict[str, dict[str, Any]]] = {}
+        self.model = copy.deepcopy(model_body)
+        self.fail_apply: ApiError | None = None
+        self.claim_present: bool | None = None
+        self.applied: list[Plan] = []
+        self.status_patches: list[Mapping[str, Any]] = []
+        self.reads = 0
+
+    def observe(self, res: AcceleratedModel) -> Observed:
+        objs = [o for kind in self.children.values() for o in kind.values()]
+        return observed(*objs, claim_present=self.claim_present)
+
+    def apply(self, res: AcceleratedModel, plan: Plan, seen: Observed) -> kube.ApplyResult:
+        if self.fail_apply is not None:
+            raise self.fail_apply
+        self.applied.append(plan)
+        result = kube.ApplyResult()
+        for obj in plan.objects:
+            kind, name = obj["kind"], obj["metadata"]["name"]
+            if name not in self.children.setdefault(kind, {}):
+                result.created.append(f"{kind}/{name}")
+            self.children[kind][name] = copy.deepcopy(obj)
+        for kind, name in plan.delete:
+            self.children.get(kind, {}).pop(name, None)
+            result.deleted.append(f"{kind}/{name}")
+        return result
+
+    def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads += 1
+        return copy.deepcopy(self.model)
+
+    def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.status_patches.append(dict(status))
+        assert self.model is not None
+        merged = {**self.model.get("status", {}), **status}
+        self.model["status"] = {k: v for k, v in merged.items() if v is not None}
+
+
+@pytest.fixture
+def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str, str]]:
+    """Events the handlers post: (object name, type, reason, message)."""
+    posted: list[tuple[str, str, str, str]] = []
+
+    def fake_event(obj: Mapping[str, Any], *, type: str, reason: str, message: str = "") -> None:
+        posted.append((obj["metadata"]["name"], type, reason, message))
+
+    # kopf.event needs a running operator's queue; the KMock tests cover the real one.
+    monkeypatch.setattr(handlers.kopf, "event", fake_event)
+    return posted
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCluster]:
+    cluster = FakeCluster(body(GPU2))
+    handlers.set_cluster(cluster)
+    try:
+        yield cluster
+    finally:
+        handlers.set_cluster(None)
+
+
+def run(raw: dict[str, Any]) -> kopf.Patch:
+    patch = kopf.Patch()
+    handlers._handle(kopf.Body(raw), patch, LOG)
+    return patch
+
+
+def test_a_new_resource_gets_its_job_a_status_and_an_event(
+    fake: FakeCluster, events: list[Any]
+) -> None:
+    patch = run(body(GPU2))
+    status = patch["status"]
+    assert status["phase"] == "Optimizing"
+    assert status["observedGeneration"] == 1
+    assert status["endpoint"] is None  # explicit null: cleared by the merge patch
+    assert set(fake.children) >= {"ConfigMap", "PersistentVolumeClaim", "Job"}
+    assert [(e[1], e[2]) for e in events] == [("Normal", "Optimizing")]
+
+
+def test_an_unchanged_status_is_not_written_again(fake: FakeCluster, events: list[Any]) -> None:
+    raw = body(GPU2)
+    for _ in range(2):  # creates the Job, then sees it pending
+        raw["status"] = {k: v for k, v in run(raw)["status"].items() if v is not None}
+    assert "status" not in run(raw)
+    assert len(fake.applied) == 3
+
+
+def test_an_invalid_spec_fails_permanently_with_the_field_path_in_status(
+    fake: FakeCluster, events: list[Any]
+) -> None:
+    raw = body({"runtime": {"replicas": -1}})
+    patch = kopf.Patch()
+    with pytest.raises(kopf.PermanentError):
+        handlers._handle(kopf.Body(raw), patch, LOG)
+    status = patch["status"]
+    assert status["phase"] == "Failed"
+    validated = next(c for c in status["conditions"] if c["type"] == "Validated")
+    assert validated["status"] == "False" and validated["reason"] == "InvalidSpec"
+    assert validated["message"].startswith("spec.runtime.replicas:")
+    assert fake.applied == []
+    assert [(e[1], e[2]) for e in events] == [("Warning", "InvalidSpec")]
+
+
+def test_unsupported_storage_fails_permanently(fake: FakeCluster, events: list[Any]) -> None:
+    patch = kopf.Patch()
+    with pytest.raises(kopf.PermanentError):
+        handlers._handle(
+            kopf.Body(body({"storage": {"type": "s3", "s3": {"bucket": "models"}}})), patch, LOG
+        )
+    assert patch["status"]["conditions"][0]["reason"] == "UnsupportedStorage"
+
+
+@pytest.mark.parametrize("status", [0, 409, 429, 500, 503])
+def test_conflicts_and_server_errors_retry_later_without_a_status_write(
+    fake: FakeCluster, events: list[Any], status: int
+) -> None:
+    fake.fail_apply = ApiError(status, "boom", kind="Job", name="x")
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError) as err:
+        handlers._handle(kopf.Body(body(GPU2)), patch, LOG)
+    assert err.value.delay == get_settings().retry_delay
+    assert "status" not in patch
+    assert events == []
+
+
+def test_a_foreign_object_in_the_way_is_retried(fake: FakeCluster, events: list[Any]) -> None:
+    fake.fail_apply = ForeignObject("Service", NAME, NAME)
+    with pytest.raises(kopf.TemporaryError, match="not owned by AcceleratedModel"):
+        handlers._handle(kopf.Body(body(GPU2)), kopf.Patch(), LOG)
+
+
+def test_a_rejected_manifest_fails_permanently_and_says_so_in_status(
+    fake: FakeCluster, events: list[Any]
+) -> None:
+    fake.fail_apply = ApiError(
+        422, "spec.tolerations[0].key: Invalid value", kind="Deployment", name="d"
+    )
+    patch = kopf.Patch()
+    with pytest.raises(kopf.PermanentError):
+        handlers._handle(kopf.Body(body(GPU2)), patch, LOG)
+    validated = patch["status"]["conditions"][0]
+    assert validated["reason"] == "ManifestRejected"
+    assert "spec.tolerations[0].key: Invalid value" in validated["message"]
+
+
+def test_a_missing_claim_applies_what_it_can_writes_status_then_retries(
+    fake: FakeCluster, events: list[Any]
+) -> None:
+    fake.claim_present = False
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError, match="shared"):
+        handlers._handle(kopf.Body(body({"storage": {"pvc": {"claimName": "shared"}}})), patch, LOG)
+    assert patch["status"]["phase"] == "Optimizing"
+    assert set(fake.children) == {"ConfigMap"}
+
+
+def test_a_resource_being_deleted_is_left_to_garbage_collection(
+    fake: FakeCluster, events: list[Any]
+) -> None:
+    raw = body(GPU2)
+    raw["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    assert "status" not in run(raw)
+    assert fake.applied == [] and events == []
+
+
+def test_a_child_event_reconciles_the_owner_and_writes_its_status(
+    fake: FakeCluster, events: list[Any]
+) -> None:
+    child = {"metadata": {"name": "mnist-shard-0", "namespace": NS, "ownerReferences": [
+        {"apiVersion": "kubeaccel.io/v1alpha1", "kind": "AcceleratedModel", "name": NAME, "uid": UID, "controller": True}
+    ]}}  # fmt: skip
+    handlers.on_child_event(type="MODIFIED", body=kopf.Body(child), logger=LOG)
+    assert fake.reads == 1
+    assert fake.status_patches[-1]["phase"] == "Optimizing"
+    assert [(e[0], e[2]) for e in events] == [(NAME, "Optimizing")]
+    handlers.on_child_event(type=None, body=kopf.Body(child), logger=LOG)  # initial listing
+    assert fake.reads == 1
+
+
+def test_a_child_event_for_a_deleted_owner_does_nothing(
+    fake: FakeCluster, events: list[Any]
+) -> None:
+    fake.model = None
+    handlers.reconcile_owner(NS, NAME, LOG)
+    assert fake.applied == [] and fake.status_patches == []
+
+
+def test_owner_of_reads_only_the_controlling_accelerated_model() -> None:
+    ref = {
+        "apiVersion": "kubeaccel.io/v1alpha1",
+        "kind": "AcceleratedModel",
+        "name": "m",
+        "controller": True,
+    }
+    assert handlers.owner_of({"metadata": {"namespace": "ns", "ownerReferences": [ref]}}) == (
+        "ns",
+        "m",
+    )
+    not_controller = {**ref, "controller": False}
+    assert (
+        handlers.owner_of({"metadata": {"namespace": "ns", "ownerReferences": [not_controller]}})
+        is None
+    )
+    other = {**ref, "apiVersion": "apps/v1", "kind": "ReplicaSet"}
+    assert handlers.owner_of({"metadata": {"namespace": "ns", "ownerReferences": [other]}}) is None
+    assert handlers.owner_of({"metadata": {}}) is None
+
+
+def test_child_events_arriving_while_one_is_queued_are_coalesced(
+    fake: FakeCluster, events: list[Any]
+) -> None:
+    key = (NS, NAME)
+    with handlers._serialised(key):  # a reconcile of this resource is running
+        first = threading.Thread(target=handlers.reconcile_owner, args=(NS, NAME, LOG))
+        first.start()
+        deadline = time.monotonic() + 5
+        while key not in handlers._queued and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert key in handlers._queued
+        handlers.reconcile_owner(NS, NAME, LOG)  # returns at once: already queued
+        handlers.reconcile_owner(NS, NAME, LOG)
+    first.join(5)
+    assert fake.reads == 1

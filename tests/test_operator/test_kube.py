@@ -1,0 +1,296 @@
+"""kube.py: the pure apply helpers, and KubeClient over real HTTP against the emulator."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kmock_support import Api, EmulatorThread
+from kubeaccel_api.v1alpha1 import AcceleratedModel
+from kubeaccel_operator import kube
+from kubeaccel_operator.errors import ApiError, ForeignObject
+from kubeaccel_operator.manifests.deployment import build_deployment
+from kubeaccel_operator.reconcile import Plan, reconcile
+from kubeaccel_operator.settings import Settings
+from operator_samples import GPU2, NAME, NOW, NS, UID, aid, body, model
+
+CFG = Settings()
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("500m", Decimal("0.5")),
+        ("2", Decimal(2)),
+        ("1Gi", Decimal(2**30)),
+        ("1.5k", Decimal(1500)),
+        ("x", None),
+    ],
+)
+def test_quantities_parse_to_their_value(text: str, value: Decimal | None) -> None:
+    assert kube.parse_quantity(text) == value
+
+
+def test_containment_ignores_server_defaults_and_compares_quantities_by_value() -> None:
+    want = {"a": [{"cpu": "1000m", "name": "c"}], "b": {"x": 1}}
+    have = {
+        "a": [{"cpu": "1", "name": "c", "terminationMessagePath": "/dev/x"}],
+        "b": {"x": 1, "y": 2},
+        "z": 0,
+    }
+    assert kube.contains(want, have)
+    assert not kube.contains({"a": [1, 2]}, {"a": [1]})
+    assert not kube.contains({"a": "2Gi"}, {"a": "1Gi"})
+    assert not kube.contains({"a": {"b": 1}}, {"a": None})
+
+
+def test_a_live_object_with_server_defaults_has_not_drifted_but_a_hand_edit_has() -> None:
+    desired = kube.with_applied_hash(build_deployment(model(GPU2), 0, aid(GPU2), CFG))
+    live = copy.deepcopy(desired)
+    live["metadata"].update(uid="x", resourceVersion="7", generation=3)
+    live["spec"]["progressDeadlineSeconds"] = 600
+    container = live["spec"]["template"]["spec"]["containers"][0]
+    container["terminationMessagePath"] = "/dev/termination-log"
+    container["resources"]["requests"]["cpu"] = "2000m"  # canonicalised by the server
+    live["status"] = {"replicas": 2}
+    assert not kube.drifted(desired, live)
+    edited = copy.deepcopy(live)
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
+    assert kube.drifted(desired, edited)
+    unowned = copy.deepcopy(live)
+    unowned["metadata"]["ownerReferences"] = []
+    assert kube.drifted(desired, unowned)
+
+
+def test_a_field_removed_from_the_desired_object_counts_as_drift() -> None:
+    with_tol = {
+        **GPU2,
+        "runtime": {**GPU2["runtime"], "tolerations": [{"key": "gpu", "operator": "Exists"}]},
+    }
+    before = kube.with_applied_hash(build_deployment(model(with_tol), 0, aid(with_tol), CFG))
+    after = kube.with_applied_hash(build_deployment(model(GPU2), 0, aid(GPU2), CFG))
+    # Containment alone would miss it: everything `after` sets is still in `before`.
+    assert kube.drifted(after, before)
+
+
+def test_the_latest_finished_container_gives_the_termination_message() -> None:
+    def pod(state: str, finished: str, message: str) -> dict[str, Any]:
+        return {
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "optimize",
+                        state: {"terminated": {"finishedAt": finished, "message": message}},
+                    }
+                ]
+            }
+        }
+
+    pods = [
+        pod("state", "2025-01-01T00:00:01Z", "first try"),
+        pod("lastState", "2025-01-01T00:00:09Z", "second try"),
+        {
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "sidecar",
+                        "state": {
+                            "terminated": {"finishedAt": "2030-01-01T00:00:00Z", "message": "no"}
+                        },
+                    }
+                ]
+            }
+        },
+        {"status": {}},
+    ]
+    assert kube.last_termination_message(pods, "optimize") == "second try"
+    assert kube.last_termination_message([], "optimize") == ""
+
+
+def test_required_permissions_name_verbs_for_every_call_and_merge_cleanly() -> None:
+    verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
+    seen = set()
+    for group, resource, granted in kube.REQUIRED_PERMISSIONS:
+        assert isinstance(group, str) and isinstance(resource, str)
+        assert isinstance(granted, frozenset) and granted <= verbs and granted
+        seen.add((group, resource))
+    for kind, res in kube.RESOURCES.items():
+        assert (res.group, res.plural) in seen, kind
+    assert ("", "events") in seen
+
+
+# --------------------------------------------------------------------------- against the emulator
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[kube.KubeClient, Api]]:
+    with EmulatorThread() as emu:
+        config = tmp_path / "kubeconfig"
+        config.write_text(emu.kubeconfig())
+        client = kube.KubeClient.connect(str(config))
+        try:
+            yield client, Api(emu.url)
+        finally:
+            client.api.close()
+
+
+def _plan(res: AcceleratedModel, client: kube.KubeClient) -> tuple[Plan, kube.Observed]:
+    seen = client.observe(res)
+    return reconcile(res, seen, CFG, NOW), seen
+
+
+def test_apply_creates_children_once_and_is_idempotent(
+    cluster: tuple[kube.KubeClient, Api],
+) -> None:
+    client, api = cluster
+    res = model(GPU2)
+    plan, seen = _plan(res, client)
+    first = client.apply(res, plan, seen)
+    assert sorted(first.created) == sorted(
+        f"{o['kind']}/{o['metadata']['name']}" for o in plan.objects
+    )
+    job = api.list("Job", NS)[0]
+    assert job["metadata"]["annotations"]["kubeaccel.io/applied-hash"]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == UID
+    plan, seen = _plan(res, client)
+    again = client.apply(res, plan, seen)
+    assert not again.changed
+
+
+def test_a_hand_edit_is_taken_back_and_an_orphan_is_deleted(
+    cluster: tuple[kube.KubeClient, Api],
+) -> None:
+    client, api = cluster
+    res = model(GPU2, status={"optimization": {"artifactId": aid(GPU2)}})  # artifact done: shards
+    plan, seen = _plan(res, client)
+    client.apply(res, plan, seen)
+    api.patch("Deployment", NS, f"{NAME}-shard-0", {"spec": {"replicas": 7}})
+    plan, seen = _plan(res, client)
+    assert client.apply(res, plan, seen).patched == ["Deployment/mnist-shard-0"]
+    deployment = api.get("Deployment", NS, f"{NAME}-shard-0")
+    assert deployment is not None and deployment["spec"]["replicas"] == 2
+    one_shard = {
+        **GPU2,
+        "optimization": {"partition": {"shards": 1}, "quantization": {"mode": "fp16"}},
+    }
+    res = model(one_shard, status={"optimization": {"artifactId": aid(one_shard)}})
+    plan, seen = _plan(res, client)
+    result = client.apply(res, plan, seen)
+    assert set(result.deleted) == {
+        "Deployment/mnist-shard-1",
+        "Service/mnist-shard-1",
+        "PodDisruptionBudget/mnist-shard-1",
+    }
+    assert api.get("Service", NS, f"{NAME}-shard-1") is None
+    assert api.get("Deployment", NS, f"{NAME}-shard-0") is not None
+
+
+def test_an_object_of_the_same_name_owned_by_someone_else_is_not_taken_over(
+    cluster: tuple[kube.KubeClient, Api],
+) -> None:
+    client, api = cluster
+    api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"{NAME}-spec", "namespace": NS},
+            "data": {"mine": "yes"},
+        }
+    )
+    res = model()
+    plan, seen = _plan(res, client)
+    with pytest.raises(ForeignObject) as err:
+        client.apply(res, plan, seen)
+    assert err.value.temporary
+    assert "not owned by AcceleratedModel mnist" in str(err.value)
+    cm = api.get("ConfigMap", NS, f"{NAME}-spec")
+    assert cm is not None and cm["data"] == {"mine": "yes"}
+
+
+def test_observe_keeps_only_children_of_this_uid_and_reads_the_job_message(
+    cluster: tuple[kube.KubeClient, Api],
+) -> None:
+    client, api = cluster
+    res = model()
+    plan, seen = _plan(res, client)
+    client.apply(res, plan, seen)
+    job = api.list("Job", NS)[0]
+    name = job["metadata"]["name"]
+    api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{name}-abcde",
+                "namespace": NS,
+                "labels": {"batch.kubernetes.io/job-name": name},
+            },
+            "spec": {"containers": []},
+        }
+    )
+    api.patch(
+        "Pod",
+        NS,
+        f"{name}-abcde",
+        {
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "optimize",
+                        "state": {
+                            "terminated": {
+                                "exitCode": 0,
+                                "finishedAt": "2025-01-01T00:00:00Z",
+                                "message": '{"artifactId": "x"}',
+                            }
+                        },
+                    }
+                ]
+            }
+        },
+        sub="status",
+    )
+    api.patch(
+        "Job",
+        NS,
+        name,
+        {"status": {"conditions": [{"type": "Complete", "status": "True"}]}},
+        sub="status",
+    )
+    stranger = copy.deepcopy(plan.objects[0])
+    stranger["metadata"].update(
+        name="other-spec",
+        ownerReferences=[{**stranger["metadata"]["ownerReferences"][0], "uid": "another"}],
+    )
+    api.create(stranger)
+    seen = client.observe(res)
+    assert set(seen.of_kind("ConfigMap")) == {f"{NAME}-spec"}
+    assert seen.messages == {name: '{"artifactId": "x"}'}
+
+
+def test_the_resource_is_read_and_its_status_patched(cluster: tuple[kube.KubeClient, Api]) -> None:
+    client, api = cluster
+    assert client.get_model(NS, NAME) is None
+    raw = body()
+    raw["metadata"] = {"name": NAME, "namespace": NS}
+    api.create(raw)
+    client.patch_model_status(NS, NAME, {"phase": "Optimizing", "message": None})
+    stored = client.get_model(NS, NAME)
+    assert stored is not None and stored["status"] == {"phase": "Optimizing"}
+
+
+def test_an_unreachable_api_server_is_a_temporary_error() -> None:
+    from kubernetes.client import ApiClient, Configuration
+
+    config = Configuration(host="http://127.0.0.1:9")  # discard port: connection refused
+    client = kube.KubeClient(ApiClient(config))
+    with pytest.raises(ApiError) as err:
+        client.get("ConfigMap", NS, "x")
+    assert err.value.status == 0 and err.value.temporary

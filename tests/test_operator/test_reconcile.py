@@ -1,0 +1,518 @@
+"""reconcile() as table-driven cases: what to apply, what to delete, status and Events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from kubeaccel_api.v1alpha1 import AcceleratedModel, AcceleratedModelStatus
+from kubeaccel_operator.errors import InvalidSpec
+from kubeaccel_operator.manifests.common import job_name
+from kubeaccel_operator.manifests.configmap import build_spec_configmap
+from kubeaccel_operator.manifests.deployment import build_deployment
+from kubeaccel_operator.manifests.job import build_job
+from kubeaccel_operator.manifests.pdb import build_pdb
+from kubeaccel_operator.manifests.pvc import build_artifacts_pvc
+from kubeaccel_operator.manifests.service import build_main_service, build_shard_service
+from kubeaccel_operator.reconcile import (
+    Observed,
+    Plan,
+    invalid_status,
+    message_tail,
+    parse_summary,
+    reconcile,
+)
+from kubeaccel_operator.settings import Settings
+from operator_samples import (
+    GPU2,
+    NAME,
+    NOW,
+    NS,
+    aid,
+    deployment_available,
+    job_complete,
+    job_failed,
+    job_running,
+    live,
+    model,
+    observed,
+    summary,
+)
+
+CFG = Settings()
+OPT2 = {**GPU2, "optimization": {"partition": {"shards": 2}, "quantization": {"mode": "auto"}}}
+
+
+def serving(
+    spec: dict[str, Any], *, available: bool = True, artifact: str | None = None
+) -> list[dict[str, Any]]:
+    """Every child of a resource that is deployed (and, by default, fully available)."""
+    res = model(spec)
+    artifact = artifact or aid(spec)
+    objs: list[dict[str, Any]] = [live(build_spec_configmap(res)), live(build_main_service(res))]
+    pvc = build_artifacts_pvc(res)
+    if pvc:
+        objs.append(live(pvc))
+    for i in range(res.spec.optimization.partition.shards):
+        deployment = build_deployment(res, i, artifact, CFG)
+        objs.append(deployment_available(deployment) if available else live(deployment))
+        objs.append(live(build_shard_service(res, i)))
+        pdb = build_pdb(res, i)
+        if pdb:
+            objs.append(live(pdb))
+    return objs
+
+
+def ready_status(spec: dict[str, Any]) -> AcceleratedModelStatus:
+    """The status reconcile writes once `spec` is Ready."""
+    plan = reconcile(model(spec), observed(*serving(spec)), CFG, NOW)
+    assert plan.status.phase.value == "Ready"
+    return reconcile(model(spec, status=plan.status), observed(*serving(spec)), CFG, NOW).status
+
+
+@dataclass
+class Case:
+    """One reconcile situation and what must come out of it."""
+
+    res: AcceleratedModel
+    seen: Observed
+    phase: str
+    conditions: dict[str, tuple[str, str]]  # type -> (status, reason)
+    applies: set[str]  # Kind/name of desired objects
+    deletes: set[str] = field(default_factory=set)
+    events: list[str] = field(default_factory=list)  # "Type/Reason"
+    check: Callable[[Plan], None] | None = None
+
+
+def case_new_resource() -> Case:
+    artifact = aid(GPU2)
+    return Case(
+        res=model(GPU2),
+        seen=observed(),
+        phase="Optimizing",
+        conditions={
+            "Validated": ("True", "Valid"),
+            "Optimized": ("Unknown", "JobCreated"),
+            "Deployed": ("Unknown", "WaitingForArtifact"),
+            "Ready": ("Unknown", "JobCreated"),
+        },
+        applies={
+            "ConfigMap/mnist-spec",
+            "PersistentVolumeClaim/mnist-artifacts",
+            f"Job/{job_name(NAME, artifact)}",
+        },
+        events=["Normal/Optimizing"],
+    )
+
+
+def case_job_running() -> Case:
+    res = model(GPU2)
+    artifact = aid(GPU2)
+    first = reconcile(res, observed(), CFG, NOW).status
+    job = job_running(build_job(res, artifact, CFG))
+    return Case(
+        res=model(GPU2, status=first),
+        seen=observed(job, live(build_spec_configmap(res))),
+        phase="Optimizing",
+        conditions={"Optimized": ("Unknown", "JobRunning"), "Ready": ("Unknown", "JobRunning")},
+        applies={
+            "ConfigMap/mnist-spec",
+            "PersistentVolumeClaim/mnist-artifacts",
+            f"Job/{job['metadata']['name']}",
+        },
+        events=[],
+    )
+
+
+def case_job_failed() -> Case:
+    res = model(GPU2)
+    job = job_failed(build_job(res, aid(GPU2), CFG))
+    message = (
+        "\n".join(f"log line {i}" for i in range(30)) + "\nRuntimeError: accuracy budget exceeded"
+    )
+
+    def check(plan: Plan) -> None:
+        optimized = next(c for c in plan.status.conditions if c.type.value == "Optimized")
+        assert optimized.message.startswith(
+            f"Job {job['metadata']['name']} failed (BackoffLimitExceeded)"
+        )
+        assert optimized.message.endswith("RuntimeError: accuracy budget exceeded")
+        assert "log line 19" not in optimized.message  # only the last lines
+        assert plan.status.endpoint is None
+
+    return Case(
+        res=res,
+        seen=observed(job, messages={job["metadata"]["name"]: message}),
+        phase="Failed",
+        conditions={
+            "Optimized": ("False", "BackoffLimitExceeded"),
+            "Deployed": ("False", "NoArtifact"),
+            "Ready": ("False", "BackoffLimitExceeded"),
+        },
+        applies={"ConfigMap/mnist-spec", "PersistentVolumeClaim/mnist-artifacts"},
+        events=["Warning/BackoffLimitExceeded"],
+        check=check,
+    )
+
+
+def case_failure_recorded_and_job_gone() -> Case:
+    res = model(GPU2)
+    job = job_failed(build_job(res, aid(GPU2), CFG))
+    failed = reconcile(
+        res, observed(job, messages={job["metadata"]["name"]: '{"error": "boom"}'}), CFG, NOW
+    )
+    return Case(
+        res=model(GPU2, status=failed.status),
+        seen=observed(),  # the TTL controller removed the Job
+        phase="Failed",
+        conditions={"Optimized": ("False", "BackoffLimitExceeded")},
+        applies={"ConfigMap/mnist-spec", "PersistentVolumeClaim/mnist-artifacts"},  # no new Job
+        events=[],
+    )
+
+
+def case_job_done() -> Case:
+    res = model(GPU2)
+    artifact = aid(GPU2)
+    job = job_complete(build_job(res, artifact, CFG))
+
+    def check(plan: Plan) -> None:
+        assert plan.status.optimization is not None
+        assert plan.status.optimization.speedup == 2.0
+        assert plan.status.optimization.artifact_id == artifact
+        assert plan.status.ready_shards == "0/2"
+        assert plan.status.endpoint == f"http://{NAME}.{NS}.svc:8080/v2/models/{NAME}"
+        assert plan.status.deployed_artifact_id == artifact
+
+    return Case(
+        res=model(GPU2, status=reconcile(res, observed(), CFG, NOW).status),
+        seen=observed(job, messages={job["metadata"]["name"]: summary(artifact)}),
+        phase="Deploying",
+        conditions={
+            "Optimized": ("True", "Optimized"),
+            "Deployed": ("True", "ShardsDeployed"),
+            "Ready": ("False", "ShardsUnavailable"),
+        },
+        applies={
+            "ConfigMap/mnist-spec",
+            "PersistentVolumeClaim/mnist-artifacts",
+            "Service/mnist",
+            "Service/mnist-shard-0",
+            "Service/mnist-shard-1",
+            "Deployment/mnist-shard-0",
+            "Deployment/mnist-shard-1",
+            "PodDisruptionBudget/mnist-shard-0",
+            "PodDisruptionBudget/mnist-shard-1",
+        },
+        events=["Normal/Optimized", "Normal/Deploying"],
+        check=check,
+    )
+
+
+def case_job_done_with_unreadable_summary() -> Case:
+    res = model()
+    job = job_complete(build_job(res, aid(), CFG))
+
+    def check(plan: Plan) -> None:
+        assert plan.status.optimization is not None
+        assert plan.status.optimization.artifact_id == aid()
+        assert plan.status.optimization.speedup is None
+
+    return Case(
+        res=res,
+        seen=observed(job, messages={job["metadata"]["name"]: "Traceback: not json"}),
+        phase="Deploying",
+        conditions={"Optimized": ("True", "Optimized")},
+        applies={
+            "ConfigMap/mnist-spec",
+            "PersistentVolumeClaim/mnist-artifacts",
+            "Service/mnist",
+            "Service/mnist-shard-0",
+            "Deployment/mnist-shard-0",
+        },
+        events=["Warning/SummaryUnreadable", "Normal/Optimized", "Normal/Deploying"],
+        check=check,
+    )
+
+
+def case_all_shards_available() -> Case:
+    res = model(GPU2)
+    artifact = aid(GPU2)
+    job = job_complete(build_job(res, artifact, CFG))
+    deploying = reconcile(
+        res, observed(job, messages={job["metadata"]["name"]: summary(artifact)}), CFG, NOW
+    )
+    return Case(
+        res=model(GPU2, status=deploying.status),
+        seen=observed(job, *serving(GPU2)),
+        phase="Ready",
+        conditions={"Ready": ("True", "AllShardsAvailable")},
+        applies={o["kind"] + "/" + o["metadata"]["name"] for o in deploying.objects},
+        events=["Normal/Ready"],
+        check=lambda plan: _assert(plan.status.ready_shards == "2/2"),
+    )
+
+
+def case_shard_loses_availability() -> Case:
+    objs = serving(GPU2)
+    for obj in objs:
+        if obj["metadata"]["name"] == "mnist-shard-1" and obj["kind"] == "Deployment":
+            obj["status"]["availableReplicas"] = 1
+    return Case(
+        res=model(GPU2, status=ready_status(GPU2)),
+        seen=observed(*objs),
+        phase="Degraded",
+        conditions={"Ready": ("False", "ShardsUnavailable")},
+        applies={o["kind"] + "/" + o["metadata"]["name"] for o in serving(GPU2)},
+        events=["Warning/Degraded"],
+        check=lambda plan: _assert(plan.status.ready_shards == "1/2"),
+    )
+
+
+def case_runtime_only_update() -> Case:
+    changed = {**GPU2, "runtime": {**GPU2["runtime"], "replicas": 3, "batching": {"enabled": True}}}
+    assert aid(changed) == aid(GPU2)
+
+    def check(plan: Plan) -> None:
+        deployments = [o for o in plan.objects if o["kind"] == "Deployment"]
+        assert {d["spec"]["replicas"] for d in deployments} == {3}
+        assert not [o for o in plan.objects if o["kind"] == "Job"]
+
+    return Case(
+        res=model(changed, status=ready_status(GPU2), generation=2),
+        seen=observed(*serving(GPU2)),
+        phase="Deploying",
+        conditions={"Optimized": ("True", "Optimized"), "Ready": ("False", "ShardsUnavailable")},
+        applies={o["kind"] + "/" + o["metadata"]["name"] for o in serving(GPU2)},
+        events=["Normal/Deploying"],
+        check=check,
+    )
+
+
+def case_optimization_update_keeps_old_shards_serving() -> Case:
+    old_artifact, new_artifact = aid(GPU2), aid(OPT2)
+    assert old_artifact != new_artifact
+    old_job = job_complete(build_job(model(GPU2), old_artifact, CFG))
+
+    def check(plan: Plan) -> None:
+        assert plan.status.deployed_artifact_id == old_artifact
+        assert plan.status.artifact_id == new_artifact
+        assert plan.status.endpoint is not None
+        assert plan.status.ready_shards == "2/2"
+
+    return Case(
+        res=model(OPT2, status=ready_status(GPU2), generation=2),
+        seen=observed(old_job, *serving(GPU2)),
+        phase="Optimizing",
+        conditions={
+            "Optimized": ("Unknown", "JobCreated"),
+            "Deployed": ("Unknown", "ServingPreviousArtifact"),
+        },
+        applies={
+            "ConfigMap/mnist-spec",
+            "PersistentVolumeClaim/mnist-artifacts",
+            f"Job/{job_name(NAME, new_artifact)}",
+        },
+        deletes={f"Job/{old_job['metadata']['name']}"},  # superseded; nothing else is touched
+        events=["Normal/Optimizing"],
+        check=check,
+    )
+
+
+def case_failed_reoptimization_keeps_old_shards() -> Case:
+    new_job = job_failed(build_job(model(OPT2), aid(OPT2), CFG), reason="DeadlineExceeded")
+    return Case(
+        res=model(OPT2, status=ready_status(GPU2), generation=2),
+        seen=observed(new_job, *serving(GPU2)),
+        phase="Failed",
+        conditions={
+            "Optimized": ("False", "DeadlineExceeded"),
+            "Deployed": ("False", "ServingPreviousArtifact"),
+        },
+        applies={"ConfigMap/mnist-spec", "PersistentVolumeClaim/mnist-artifacts"},
+        events=["Warning/DeadlineExceeded"],
+    )
+
+
+def case_shard_count_change_removes_the_extra_shard() -> Case:
+    one = {**GPU2, "optimization": {"partition": {"shards": 1}, "quantization": {"mode": "fp16"}}}
+    job = job_complete(build_job(model(one), aid(one), CFG))
+    return Case(
+        res=model(one, status=ready_status(GPU2), generation=2),
+        seen=observed(job, *serving(GPU2), messages={job["metadata"]["name"]: summary(aid(one))}),
+        phase="Deploying",
+        conditions={"Optimized": ("True", "Optimized")},
+        applies={
+            "ConfigMap/mnist-spec",
+            "PersistentVolumeClaim/mnist-artifacts",
+            "Service/mnist",
+            "Service/mnist-shard-0",
+            "Deployment/mnist-shard-0",
+            "PodDisruptionBudget/mnist-shard-0",
+        },
+        deletes={
+            "Service/mnist-shard-1",
+            "Deployment/mnist-shard-1",
+            "PodDisruptionBudget/mnist-shard-1",
+        },
+        events=["Normal/Optimized", "Normal/Deploying"],
+    )
+
+
+def case_child_deleted_by_hand() -> Case:
+    objs = [
+        o
+        for o in serving(GPU2)
+        if not (o["kind"] == "Deployment" and o["metadata"]["name"] == "mnist-shard-1")
+    ]
+    objs = [o for o in objs if not (o["kind"] == "Service" and o["metadata"]["name"] == "mnist")]
+    return Case(
+        res=model(GPU2, status=ready_status(GPU2)),
+        seen=observed(*objs),
+        phase="Degraded",
+        conditions={"Ready": ("False", "ShardsUnavailable")},
+        applies={o["kind"] + "/" + o["metadata"]["name"] for o in serving(GPU2)},  # both restored
+        events=["Warning/Degraded"],
+    )
+
+
+def case_missing_claim_waits() -> Case:
+    spec = {"storage": {"pvc": {"claimName": "shared"}}}
+    return Case(
+        res=model(spec),
+        seen=observed(claim_present=False),
+        phase="Optimizing",
+        conditions={"Optimized": ("Unknown", "ClaimNotFound")},
+        applies={"ConfigMap/mnist-spec"},
+        events=["Warning/ClaimNotFound"],
+        check=lambda plan: _assert(plan.waiting is not None and "shared" in plan.waiting),
+    )
+
+
+def _assert(condition: bool) -> None:
+    assert condition
+
+
+CASES = {
+    "new resource": case_new_resource,
+    "job running": case_job_running,
+    "job failed": case_job_failed,
+    "failure recorded, job gone": case_failure_recorded_and_job_gone,
+    "job done": case_job_done,
+    "job done, unreadable summary": case_job_done_with_unreadable_summary,
+    "all shards available": case_all_shards_available,
+    "shard loses availability": case_shard_loses_availability,
+    "runtime-only update": case_runtime_only_update,
+    "optimization update": case_optimization_update_keeps_old_shards_serving,
+    "failed re-optimization": case_failed_reoptimization_keeps_old_shards,
+    "shard count change": case_shard_count_change_removes_the_extra_shard,
+    "child deleted": case_child_deleted_by_hand,
+    "missing claim": case_missing_claim_waits,
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_reconcile_case(name: str) -> None:
+    case = CASES[name]()
+    plan = reconcile(case.res, case.seen, CFG, NOW)
+    assert {f"{o['kind']}/{o['metadata']['name']}" for o in plan.objects} == case.applies
+    assert {f"{k}/{n}" for k, n in plan.delete} == case.deletes
+    assert plan.status.phase.value == case.phase
+    got = {c.type.value: (c.status.value, c.reason) for c in plan.status.conditions}
+    for ctype, expected in case.conditions.items():
+        assert got[ctype] == expected, ctype
+    assert [f"{e.type}/{e.reason}" for e in plan.events] == case.events
+    assert plan.status.observed_generation == case.res.metadata.generation
+    if case.check:
+        case.check(plan)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_reconcile_twice_gives_the_same_plan_and_no_new_events(name: str) -> None:
+    case = CASES[name]()
+    first = reconcile(case.res, case.seen, CFG, NOW)
+    again = reconcile(case.res.model_copy(update={"status": first.status}), case.seen, CFG, NOW)
+    assert again.objects == first.objects
+    assert again.delete == first.delete
+    assert again.status == first.status
+    assert [e for e in again.events if e.reason != "SummaryUnreadable"] == []
+
+
+def test_condition_times_move_only_when_their_status_flips() -> None:
+    first = reconcile(model(GPU2), observed(), CFG, NOW)
+    later = reconcile(model(GPU2, status=first.status), observed(), CFG, NOW.replace(hour=9))
+    times = {c.type: c.last_transition_time for c in later.status.conditions}
+    assert all(t == NOW for t in times.values())
+
+
+def test_objects_are_ordered_dependencies_first() -> None:
+    plan = CASES["job done"]()
+    kinds = [o["kind"] for o in reconcile(plan.res, plan.seen, CFG, NOW).objects]
+    assert kinds == sorted(
+        kinds,
+        key=[
+            "ConfigMap",
+            "PersistentVolumeClaim",
+            "Job",
+            "Service",
+            "Deployment",
+            "PodDisruptionBudget",
+        ].index,
+    )
+
+
+def test_s3_storage_is_rejected_as_unsupported() -> None:
+    spec = {"storage": {"type": "s3", "s3": {"bucket": "models"}}}
+    with pytest.raises(InvalidSpec) as err:
+        reconcile(model(spec), observed(), CFG, NOW)
+    assert err.value.reason == "UnsupportedStorage"
+    assert err.value.problems == [
+        "spec.storage.type: s3 is not supported by the operator yet; use pvc"
+    ]
+
+
+def test_invalid_status_names_the_field_and_warns_once() -> None:
+    error = InvalidSpec(["spec.runtime.replicas: Input should be greater than or equal to 0"])
+    status, events = invalid_status(None, error, 3, NOW)
+    assert status.phase.value == "Failed"
+    assert status.observed_generation == 3
+    conds = {c.type.value: c for c in status.conditions}
+    assert conds["Validated"].status.value == "False"
+    assert conds["Validated"].reason == "InvalidSpec"
+    assert conds["Validated"].message == error.problems[0]
+    assert conds["Ready"].reason == "InvalidSpec"
+    assert [(e.type, e.reason) for e in events] == [("Warning", "InvalidSpec")]
+    _, again = invalid_status(status, error, 3, NOW)
+    assert again == ()
+
+
+def test_invalid_status_keeps_what_the_running_shards_report() -> None:
+    ready = ready_status(GPU2)
+    status, _ = invalid_status(ready, InvalidSpec(["spec.x: bad"]), 2, NOW)
+    assert status.endpoint == ready.endpoint
+    assert status.deployed_artifact_id == ready.deployed_artifact_id
+
+
+def test_message_tail_prefers_the_error_of_a_json_message() -> None:
+    assert (
+        message_tail('{"error": "budget exceeded: top1 0.91 < 0.99"}')
+        == "budget exceeded: top1 0.91 < 0.99"
+    )
+    assert message_tail("\n".join(str(i) for i in range(20))) == "\n".join(
+        str(i) for i in range(10, 20)
+    )
+    assert message_tail("") == ""
+
+
+def test_parse_summary_reports_what_is_wrong_with_it() -> None:
+    artifact = "0123456789abcdef"
+    good, problem = parse_summary(summary(artifact), artifact)
+    assert problem is None and good.speedup == 2.0
+    wrong, problem = parse_summary(summary("ffffffffffffffff"), artifact)
+    assert wrong.artifact_id == artifact and problem is not None and "expected" in problem
+    bad, problem = parse_summary('{"artifactId": "x", "speedup": "fast"}', artifact)
+    assert bad.artifact_id == artifact and problem is not None and "speedup" in problem
+    extra, problem = parse_summary('{"artifactId": "0123456789abcdef", "newField": 1}', artifact)
+    assert problem is None and extra.artifact_id == artifact
