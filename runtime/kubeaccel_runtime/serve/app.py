@@ -174,6 +174,9 @@ class ServeApp:
                 self.metrics.validation_failures.labels(exc.reason).inc()
             if isinstance(exc, MethodNotAllowed):
                 extra_headers = [(b"allow", exc.allow.encode())]
+            if isinstance(exc, PayloadTooLarge | UnsupportedMediaType):
+                # The unread rest of the body would otherwise still be received and discarded.
+                extra_headers = [(b"connection", b"close")]
             if status >= 500:
                 log.warning("request failed", extra={"status": status, "error": exc.message})
         except _ClientGone:
@@ -259,6 +262,7 @@ class ServeApp:
             return False, "server is shutting down"
         model = self.slot.model
         if model is None:
+            self.metrics.ready.set(0)
             return False, self.slot.problem
         if self._provider_reported != model.provider:
             self.metrics.provider.labels(model.provider).set(1)

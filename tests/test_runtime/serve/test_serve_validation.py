@@ -358,3 +358,27 @@ async def test_one_bad_request_does_not_change_the_next_good_one(client: httpx.A
     assert (await client.post(URL, json=bad)).status_code == 400
     again = (await client.post(URL, json=valid())).json()
     assert good == again
+
+
+def test_a_real_server_refuses_an_oversized_body_without_reading_it(
+    two_input_model: LoadedModel, app_factory: Callable[..., ServeApp]
+) -> None:
+    import socket
+
+    from serve_fixtures import ServerThread
+
+    with (
+        ServerThread(app_factory(two_input_model)) as srv,
+        socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock,
+    ):
+        head = (
+            f"POST {URL} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {10**9}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b"{" * 1000)
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes: recv returns b"" at the end
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"maxRequestBytes 4096" in answer
+    assert b"connection: close" in answer.lower()
