@@ -17,6 +17,7 @@ What it measures (ratios of p50 latency against FP32 in the SAME interleaved run
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import shlex
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from kubeaccel_api.v1alpha1 import CalibrationMethod
+from kubeaccel_api.v1alpha1 import CalibrationMethod, QuantizationMode
 from kubeaccel_runtime import onnx_io
 from kubeaccel_runtime.optimize import stages
 from kubeaccel_runtime.optimize.bench import BenchSettings, measure
@@ -51,6 +52,30 @@ MODELS = ROOT / "examples" / "models"
 DOCS = ROOT / "docs" / "benchmarks.md"
 HEADING = "## Optimizer"
 BATCH = 32
+
+
+NOTES = [
+    "Notes:",
+    "",
+    "- Latency ratios are what onnxruntime's CPU provider does with each model in one "
+    "process on shared cores; absolute milliseconds swing 2-3x between minutes here, the "
+    "ratios much less. Batch-1 ratios of the MLP are dominated by per-call overhead (~0.03 ms).",
+    "- Transformer INT8 size: the int8 weights alone are 0.25x; per-channel scales (one FP32 "
+    "per output column), FP32 biases, LayerNorm parameters and the position embedding add "
+    "~60 KB on 3.6 MB, so per-channel INT8 lands at ~0.272x (with `perChannel: false` it is "
+    "0.267x) - the 0.27x target is missed by that overhead, not by unquantized matrices.",
+    "- Dynamic INT8 quantizes MatMul/Gemm only (ConvInteger is 5-7x slower than FP32 Conv on "
+    "this provider), so on the CNN it only speeds up the dense layers.",
+    "- Static QDQ on this CNN gains far more than the 0.93-0.97x noted in TESTING.md for a "
+    "memory-bound conv net: at 32x32 the 64/100-channel convolutions are compute-bound and "
+    "VNNI is present, so QLinearConv pays off.",
+    "- The example CNN was trained with a group-lasso penalty (see "
+    "`kubeaccel_runtime/zoo`), so half its channels carry little; 50 % structured pruning "
+    "needed no fine-tune (none was run) to stay inside a 1-point accuracy budget.",
+    "- `auto` measures its candidates in its own interleaved run (fewer iterations) and keeps "
+    "the fastest inside the budget; *chosen vs best* re-checks that choice against this "
+    "benchmark's longer, independent measurement.",
+]
 
 
 @dataclass
@@ -159,7 +184,7 @@ def auto_choice(name: str, threads: int, iterations: int, work: Path) -> dict[st
     """Run the real pipeline in auto mode on the example spec (pruning allowed for the CNN)."""
     resource = load_one(ROOT / "examples" / f"{name}.yaml")
     spec = resource.spec
-    quant = spec.optimization.quantization.model_copy(update={"mode": "auto"})
+    quant = spec.optimization.quantization.model_copy(update={"mode": QuantizationMode.AUTO})
     optimization = spec.optimization.model_copy(update={"quantization": quant})
     resource = resource.model_copy(
         update={"spec": spec.model_copy(update={"optimization": optimization})}
@@ -190,7 +215,9 @@ def fmt_rows(rows: list[Row]) -> list[str]:
     return lines
 
 
-def auto_lines(name: str, report: dict[str, Any], rows: list[Row]) -> list[str]:
+def auto_lines(
+    name: str, report: dict[str, Any], rows: list[Row]
+) -> tuple[list[str], float | None]:
     """Auto's choice from the pipeline, checked against this benchmark's own measurement."""
     chosen = report["chosen"]["config"]
     own = {c["config"]: c.get("relativeLatency") for c in report["candidates"]}
@@ -201,10 +228,55 @@ def auto_lines(name: str, report: dict[str, Any], rows: list[Row]) -> list[str]:
     vs_best = f"{mine / score[best]:.3f}" if mine is not None else "n/a"
     measured = ", ".join(f"{k} {v:.2f}x" for k, v in own.items() if v is not None)
     acc = report["accuracy"]
-    return [
+    line = (
         f"| {name} | {chosen} | {measured} | {best} ({score[best]:.2f}x) | {vs_best} | "
         f"{100 * (acc['accuracyBefore'] or 0):.2f} % → {100 * (acc['accuracyAfter'] or 0):.2f} % |"
-    ]
+    )
+    return [line], (mine / score[best] if mine is not None else None)
+
+
+def _best(rows: list[Row], model: str, variants: tuple[str, ...]) -> Row:
+    found = [r for r in rows if r.model == model and r.variant in variants]
+    return min(found, key=lambda r: r.ratio_big)
+
+
+def target_lines(rows: list[Row], autos: dict[str, tuple[str, float | None]]) -> list[str]:
+    """Each issue target with the measured figure and whether it is met."""
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    models = {r.model for r in rows}
+
+    def add(target: str, measured: str, ok: bool) -> None:
+        lines.append(f"| {target} | {measured} | {'yes' if ok else '**no**'} |")
+
+    for name in ("mlp", "transformer"):
+        if name not in models:
+            continue
+        r = _best(rows, name, ("dynamic-int8", "static-int8"))
+        drop = 100 * (r.acc_before - r.acc_after)
+        add(
+            f"{name}: INT8 >= 2x faster at batch {BATCH}",
+            f"{r.variant} {1 / r.ratio_big:.2f}x",
+            1 / r.ratio_big >= 2,
+        )
+        add(f"{name}: INT8 size <= 0.27x", f"{r.variant} {r.size_ratio:.3f}x", r.size_ratio <= 0.27)
+        add(f"{name}: INT8 accuracy drop <= 1 point", f"{drop:.2f} points", drop <= 1)
+    if "cnn" in models:
+        r = _best(rows, "cnn", ("structured0.5+static-int8", "structured0.5+dynamic-int8"))
+        drop = 100 * (r.acc_before - r.acc_after)
+        add(
+            f"cnn: 50 % structured + INT8 >= 1.5x faster at batch {BATCH}",
+            f"{r.variant} {1 / r.ratio_big:.2f}x",
+            1 / r.ratio_big >= 1.5,
+        )
+        add("cnn: accuracy drop <= 1 point (no fine-tune)", f"{drop:.2f} points", drop <= 1)
+    for name, (chosen, vs_best) in autos.items():
+        ok = vs_best is not None and vs_best <= 1.05
+        add(
+            f"{name}: auto within 5 % of the best",
+            f"{chosen}: {vs_best:.3f}" if vs_best else chosen,
+            ok,
+        )
+    return lines
 
 
 def write_docs(section: str) -> None:
@@ -233,15 +305,19 @@ def main(argv: list[str]) -> None:
         sys.exit("examples/models/*.onnx missing: run `make examples` first")
     settings = BenchSettings(iterations=args.iterations, warmup=10)
     cpu = detect()
+    load_start = os.getloadavg()[0]
     all_rows: list[Row] = []
     auto: list[str] = []
+    autos: dict[str, tuple[str, float | None]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-optimize-") as tmp:
         for name in args.models.split(","):
             print(f"== {name}", file=sys.stderr, flush=True)
             rows, _, _ = bench_model(name, args.threads, settings)
             all_rows.extend(rows)
             report = auto_choice(name, args.threads, max(10, args.iterations // 2), Path(tmp))
-            auto.extend(auto_lines(name, report, rows))
+            lines, vs_best = auto_lines(name, report, rows)
+            auto.extend(lines)
+            autos[name] = (report["chosen"]["config"], vs_best)
     command = "bench/bench_optimize.py " + " ".join(shlex.quote(a) for a in argv)
     section = "\n".join(
         [
@@ -250,7 +326,8 @@ def main(argv: list[str]) -> None:
             f"Command: `.venv/bin/python {command.strip()}` (after `make examples`).",
             "",
             f"Machine: {platform.machine()}, {ort.__version__=}, VNNI={cpu.vnni}, "
-            f"threads={args.threads}, {args.iterations} interleaved iterations per variant and batch. "
+            f"threads={args.threads}, {args.iterations} interleaved iterations per variant and batch, "
+            f"1-min load average {load_start:.1f} at the start (other jobs share the 2 cores). "
             "Ratios are p50 latency against FP32 raw onnxruntime measured in the same run; "
             "held-out accuracy is on the digits validation split (labels never seen in training).",
             "",
@@ -264,6 +341,12 @@ def main(argv: list[str]) -> None:
             "| model | auto chose | its own candidate ratios | best in this benchmark | chosen vs best | held-out acc. |",
             "|---|---|---|---|---:|---|",
             *auto,
+            "",
+            "Targets of the optimizer issue, from the figures above:",
+            "",
+            *target_lines(all_rows, autos),
+            "",
+            *NOTES,
         ]
     )
     print(section)
