@@ -124,6 +124,10 @@ def write_artifact(
             fh.flush()
             os.fsync(fh.fileno())
         _fsync_dir(tmp)
+        if not force and existing(out_dir, artifact_id) is not None:
+            # Another writer (a retried Job) finished the same artifact meanwhile: keep theirs.
+            shutil.rmtree(tmp, ignore_errors=True)
+            return target
         _install(tmp, target, artifact_id)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)

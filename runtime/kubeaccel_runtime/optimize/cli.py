@@ -223,7 +223,8 @@ def optimize(
     from kubeaccel_runtime.optimize.pipeline import RunOptions, run_optimization
     from kubeaccel_runtime.specfile import load_one
 
-    err = Console(stderr=True)
+    # Job logs are not terminals; a fixed width keeps the tables readable there.
+    err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
     progress = RichProgress(err)
     bench = BenchSettings(iterations=100, warmup=10) if thorough else BenchSettings()
     if bench_iterations is not None:
