@@ -321,6 +321,8 @@ def test_a_model_with_external_weight_data_is_loaded_from_next_to_it(
     manifest = verify_artifact(result.path)
     assert manifest.source_sha256 == sha
     assert result.report["sizes"]["bytesBefore"] > 10_000
+    data_sha = hashlib.sha256((tmp_path / "model.onnx.data").read_bytes()).hexdigest()
+    assert result.report["source"]["externalData"] == {"model.onnx.data": data_sha}
 
 
 def test_fp16_mode_halves_the_artifact_and_keeps_float32_io(tmp_path, opt_models, opt_spec_writer):

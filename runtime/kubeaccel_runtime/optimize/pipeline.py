@@ -224,6 +224,7 @@ class _Job:
         self.cwd = opts.cwd or Path.cwd()
         self.pvc = opts.pvc_root or sources.pvc_root()
         self.source_sha256 = ""
+        self.companions: dict[str, str] = {}
         self.session_settings = SessionSettings(threads=opts.threads)
 
     # ------------------------------------------------------------------ ends: IO
@@ -247,6 +248,7 @@ class _Job:
                 raise UnsupportedModel(f"{src.uri}: {exc}") from None
             fetched = sources.copy_companions(fetched, names, cwd=self.cwd, pvc=self.pvc)
         self.source_sha256 = fetched.sha256
+        self.companions = fetched.companions
         verified = "sha256 verified" if fetched.verified else "UNVERIFIED (allowUnverified)"
         self.events.done("fetch", f"{fetched.bytes} bytes, {verified}")
         return fetched
@@ -628,6 +630,8 @@ def _report(
             "format": spec.source.format.value,
             "sha256": job.source_sha256,
             "verified": spec.source.sha256 is not None,
+            # The spec's digest covers the .onnx file; external weight files are recorded here.
+            "externalData": job.companions,
         },
         "executionProvider": provider,
         "sizes": {
