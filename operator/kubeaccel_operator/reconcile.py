@@ -350,14 +350,8 @@ def reconcile(res: AcceleratedModel, observed: Observed, cfg: Settings, now: dat
     desired_deployments: dict[str, Manifest] = {}
     if outcome.state is JobState.SUCCEEDED:
         serving = artifact
-        for i in range(shards):
-            deployment = build_deployment(res, i, artifact, cfg)
-            desired_deployments[shard_name(name, i)] = deployment
-            desired += [build_shard_service(res, i), deployment]
-            pdb = build_pdb(res, i)
-            if pdb is not None:
-                desired.append(pdb)
-        desired.append(build_main_service(res))
+        serving_objects, desired_deployments = _serving_children(res, artifact, cfg)
+        desired += serving_objects
     elif serving is not None:
         # Hold: the previous artifact keeps serving exactly as it runs now.
         for kind in ("Deployment", "Service", "PodDisruptionBudget"):
@@ -372,30 +366,7 @@ def reconcile(res: AcceleratedModel, observed: Observed, cfg: Settings, now: dat
         for n in sorted(observed.of_kind(kind))
         if (kind, n) not in wanted
     )
-
-    # Shard status: the desired shards when rolling forward, the observed ones when holding.
-    shard_states: list[ShardStatus] = []
-    ready_count = 0
-    if serving is not None:
-        if desired_deployments:
-            names = list(desired_deployments)
-        else:
-            names = sorted(_runtime_deployments(observed), key=_shard_index)
-        for n in names:
-            want = desired_deployments.get(n)
-            seen = observed.get("Deployment", n)
-            replicas = _replicas(want if want is not None else seen)
-            ready, available = shard_available(seen, want, serving, replicas)
-            ready_count += ready
-            shard_states.append(
-                ShardStatus(
-                    index=_shard_index(n),
-                    deployment=n,
-                    service=n,
-                    replicas=replicas,
-                    ready_replicas=available,
-                )
-            )
+    shard_states, ready_count = _shard_statuses(serving, desired_deployments, observed)
     all_ready = bool(shard_states) and ready_count == len(shard_states)
 
     conds = set_condition(
@@ -409,9 +380,7 @@ def reconcile(res: AcceleratedModel, observed: Observed, cfg: Settings, now: dat
         conds, aggregate_ready(conds, shards_available=all_ready, generation=gen), now
     )
 
-    phase = _phase(
-        outcome, all_ready, old, serving, artifact, shard_states, desired_deployments, observed
-    )
+    phase = _phase(outcome, all_ready, old, serving, artifact, desired_deployments, observed)
     summary = outcome.summary if outcome.state is JobState.SUCCEEDED else old.optimization
     events = list(outcome.warnings)
     events += _transition_events(old, phase, outcome, artifact, job, shards, ready_count, res)
@@ -429,6 +398,50 @@ def reconcile(res: AcceleratedModel, observed: Observed, cfg: Settings, now: dat
     )
     waiting = outcome.message if outcome.state is JobState.WAITING else None
     return Plan(tuple(desired), delete, status, tuple(events), waiting)
+
+
+def _serving_children(
+    res: AcceleratedModel, artifact: str, cfg: Settings
+) -> tuple[list[Manifest], dict[str, Manifest]]:
+    """Per shard a Service, a Deployment and maybe a PDB, plus the main Service."""
+    objects: list[Manifest] = []
+    deployments: dict[str, Manifest] = {}
+    for i in range(res.spec.optimization.partition.shards):
+        deployment = build_deployment(res, i, artifact, cfg)
+        deployments[shard_name(res.metadata.name, i)] = deployment
+        objects += [build_shard_service(res, i), deployment]
+        pdb = build_pdb(res, i)
+        if pdb is not None:
+            objects.append(pdb)
+    objects.append(build_main_service(res))
+    return objects, deployments
+
+
+def _shard_statuses(
+    serving: str | None, desired: Mapping[str, Manifest], observed: Observed
+) -> tuple[list[ShardStatus], int]:
+    """Per-shard status (desired shards when rolling forward, observed ones when holding)."""
+    if serving is None:
+        return [], 0
+    names = list(desired) or sorted(_runtime_deployments(observed), key=_shard_index)
+    states: list[ShardStatus] = []
+    ready_count = 0
+    for n in names:
+        want = desired.get(n)
+        seen = observed.get("Deployment", n)
+        replicas = _replicas(want if want is not None else seen)
+        ready, available = shard_available(seen, want, serving, replicas)
+        ready_count += ready
+        states.append(
+            ShardStatus(
+                index=_shard_index(n),
+                deployment=n,
+                service=n,
+                replicas=replicas,
+                ready_replicas=available,
+            )
+        )
+    return states, ready_count
 
 
 def _shard_index(name: str) -> int:
@@ -486,7 +499,6 @@ def _phase(
     old: AcceleratedModelStatus,
     serving: str | None,
     artifact: str,
-    shard_states: Sequence[ShardStatus],
     desired_deployments: Mapping[str, Manifest],
     observed: Observed,
 ) -> Phase:

@@ -10,7 +10,8 @@ fixes the listed gaps and adds the few API-server behaviours the operator relies
   resourceVersion, bumps generation on non-status changes, keeps status and main-body
   writes apart, and a no-op patch changes nothing;
 - delete honours finalizers and garbage-collects children by ownerReferences
-  (background propagation), as the garbage collector would;
+  (background propagation), as the garbage collector would, including children created
+  after their owner is gone;
 - list returns kind/apiVersion/resourceVersion and filters by equality label selectors;
 - watch subscribes before the snapshot, drops what is not newer than ?resourceVersion,
   and ends at ?timeoutSeconds.
@@ -32,7 +33,9 @@ import copy
 import datetime
 import gzip
 import importlib.resources
+import json
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -121,8 +124,12 @@ def _header(request: rendering.Request, name: str) -> str:
 class KubeEmulator(k8s.KubernetesEmulator):
     """KubernetesEmulator with the fixes listed in the module docstring."""
 
+    # Act as the Job controller + kubelet and the Deployment controller (for benchmarks).
+    auto_controllers: bool = False
     _revision: int = attrs.field(default=0, init=False)
-    writes: list[tuple[str, str, str, str]] = attrs.field(factory=list, init=False)
+    _uids: set[str] = attrs.field(factory=set, init=False)
+    # (event, kind, namespace, name, time.monotonic()) of every write, oldest first.
+    writes: list[tuple[str, str, str, str, float]] = attrs.field(factory=list, init=False)
     # (User-Agent, RBAC verb, apiGroup, resource[/subresource]) of every API request.
     calls: list[tuple[str, str, str, str]] = attrs.field(factory=list, init=False)
 
@@ -168,8 +175,11 @@ class KubeEmulator(k8s.KubernetesEmulator):
             self.objects[key].history.append(obj)
         else:
             self.objects[key] = obj
-        self.writes.append((event, self._info(resource).kind or "", key[1] or "", key[2]))
+        kind = self._info(resource).kind or ""
+        self.writes.append((event, kind, key[1] or "", key[2], time.monotonic()))
         await self._buses[resource].put({"type": event, "object": copy.deepcopy(obj)})
+        if self.auto_controllers:
+            self._control(kind, key, obj)
 
     # ----------------------------------------------------------------- writes
 
@@ -245,7 +255,12 @@ class KubeEmulator(k8s.KubernetesEmulator):
         obj.setdefault("kind", self._info(resource).kind)
         if self._has_status(resource):
             obj.pop("status", None)
+        self._uids.add(meta["uid"])
         await self._store(key, obj, "ADDED")
+        owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
+        if owners and not owners & self._uids:
+            # Created after its owner was deleted: the garbage collector removes it soon.
+            asyncio.get_running_loop().create_task(self._collect(key))
         return obj, 201
 
     async def _update(self, request: rendering.Request) -> tuple[dict[str, Any], int]:
@@ -329,13 +344,20 @@ class KubeEmulator(k8s.KubernetesEmulator):
         await self._remove(key, current)
         return current, 200
 
+    async def _collect(self, key: tuple[references.resource, str | None, str]) -> None:
+        async with self._lock:
+            if self._live(key) is not None:
+                await self._delete(*key)
+
     async def _remove(
         self, key: tuple[references.resource, str | None, str], obj: dict[str, Any]
     ) -> None:
+        self._uids.discard(obj["metadata"].get("uid", ""))
         obj["metadata"]["resourceVersion"] = self._next_rv()
         self.objects[key].history.append(obj)
         self.objects[key].delete()
-        self.writes.append(("DELETED", self._info(key[0]).kind or "", key[1] or "", key[2]))
+        kind = self._info(key[0]).kind or ""
+        self.writes.append(("DELETED", kind, key[1] or "", key[2], time.monotonic()))
         await self._buses[key[0]].put({"type": "DELETED", "object": copy.deepcopy(obj)})
         # Garbage collection: dependents of the removed object go too (background).
         uid = obj["metadata"].get("uid")
@@ -352,6 +374,76 @@ class KubeEmulator(k8s.KubernetesEmulator):
             live = self._live(dep)
             if live is not None:
                 await self._delete(dep[0], dep[1], dep[2])
+
+    # ----------------------------------------------------------------- controllers
+
+    def _control(
+        self, kind: str, key: tuple[references.resource, str | None, str], obj: dict[str, Any]
+    ) -> None:
+        status = obj.get("status") or {}
+        if kind == "Job" and not status.get("conditions"):
+            asyncio.get_running_loop().create_task(self._finish_job(key, obj))
+        elif kind == "Deployment":
+            generation = obj["metadata"].get("generation", 1)
+            if status.get("observedGeneration") != generation:
+                asyncio.get_running_loop().create_task(self._roll_out(key))
+
+    async def _finish_job(
+        self, key: tuple[references.resource, str | None, str], job: dict[str, Any]
+    ) -> None:
+        """The optimizer pod exits 0 with a summary; the Job controller marks it Complete."""
+        name, ns = key[2], key[1]
+        artifact = job["metadata"].get("labels", {}).get("kubeaccel.io/artifact-id", "")
+        message = json.dumps({"artifactId": artifact, "speedup": 2.0, "sizeRatio": 0.5})
+        terminated = {"exitCode": 0, "finishedAt": _now(), "message": message}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{name}-pod",
+                "namespace": ns,
+                "labels": {"batch.kubernetes.io/job-name": name},
+            },
+            "spec": {"containers": [{"name": "optimize", "image": "x"}]},
+        }
+        pods = references.resource("", "v1", "pods")
+        async with self._lock:
+            created, _ = await self._create(pods, ns, pod)
+            created["status"] = {
+                "containerStatuses": [{"name": "optimize", "state": {"terminated": terminated}}]
+            }
+            await self._set_status((pods, ns, created["metadata"]["name"]), created["status"])
+            await self._set_status(
+                key, {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+            )
+
+    async def _roll_out(self, key: tuple[references.resource, str | None, str]) -> None:
+        """Every replica of the current template becomes available."""
+        async with self._lock:
+            current = self._live(key)
+            if current is None:
+                return
+            replicas = current["spec"].get("replicas", 1)
+            await self._set_status(
+                key,
+                {
+                    "observedGeneration": current["metadata"]["generation"],
+                    "replicas": replicas,
+                    "updatedReplicas": replicas,
+                    "readyReplicas": replicas,
+                    "availableReplicas": replicas,
+                },
+            )
+
+    async def _set_status(
+        self, key: tuple[references.resource, str | None, str], status: dict[str, Any]
+    ) -> None:
+        current = self._live(key)
+        if current is None:
+            return
+        current["status"] = status
+        current["metadata"]["resourceVersion"] = self._next_rv()
+        await self._store(key, current, "MODIFIED")
 
     # ----------------------------------------------------------------- reads
 
@@ -426,7 +518,8 @@ class KubeEmulator(k8s.KubernetesEmulator):
 class EmulatorThread:
     """Run a KubeEmulator on an HTTP port from a background thread's event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, auto_controllers: bool = False) -> None:
+        self.auto_controllers = auto_controllers
         self.emulator: KubeEmulator | None = None
         self.url = ""
         self._loop = asyncio.new_event_loop()
@@ -445,7 +538,7 @@ class EmulatorThread:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        self.emulator = KubeEmulator()
+        self.emulator = KubeEmulator(auto_controllers=self.auto_controllers)
         async with self.emulator, kmock.Server(self.emulator) as server:
             self.url = str(server.url).rstrip("/")
             self._started.set()
@@ -472,8 +565,8 @@ class EmulatorThread:
             "contexts:\n- name: kmock\n  context: {cluster: kmock, user: kmock}\n"
         )
 
-    def writes(self) -> Iterator[tuple[str, str, str, str]]:
-        """(event, kind, namespace, name) of every write so far, oldest first."""
+    def writes(self) -> Iterator[tuple[str, str, str, str, float]]:
+        """(event, kind, namespace, name, monotonic time) of every write so far, oldest first."""
         assert self.emulator is not None
         # list() copies under the GIL; the emulator thread only appends.
         yield from list(self.emulator.writes)
@@ -509,7 +602,6 @@ class Api:
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
     ) -> Any:
         """One JSON request; raises HttpError on a non-2xx answer."""
-        import json
         import urllib.error
         import urllib.request
 
@@ -573,10 +665,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(check: Any, what: str, timeout: float = 20.0, interval: float = 0.02) -> Any:
+def wait_for(check: Any, what: str, timeout: float = 60.0, interval: float = 0.02) -> Any:
     """Poll `check()` until it returns something truthy; fail with `what` at the deadline."""
-    import time
-
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:

@@ -85,7 +85,7 @@ class Env:
     def adds(self, kind: str, name: str) -> int:
         return sum(
             1
-            for event, k, _, n in self.emu.writes()
+            for event, k, _, n, _ in self.emu.writes()
             if event == "ADDED" and k == kind and n == name
         )
 
