@@ -175,12 +175,15 @@ class _RawConnection:
         self.reader = self.writer = None
 
 
-def _raw_request(spec: LoadSpec, body: bytes, headers: Mapping[str, str]) -> tuple[str, int, bytes]:
-    parts = urlsplit(spec.url)
+def raw_http_request(
+    url: str, model: str, body: bytes, headers: Mapping[str, str]
+) -> tuple[str, int, bytes]:
+    """(host, port, bytes) of a complete HTTP/1.1 keep-alive infer request for `model`."""
+    parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"the raw engine needs an http:// URL, got {spec.url!r}")
+        raise ValueError(f"the raw engine needs an http:// URL, got {url!r}")
     port = parts.port or 80
-    path = f"{parts.path.rstrip('/')}/v2/models/{spec.model}/infer"
+    path = f"{parts.path.rstrip('/')}/v2/models/{model}/infer"
     lines = [f"POST {path} HTTP/1.1", f"Host: {parts.hostname}:{port}"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
     lines += [f"Content-Length: {len(body)}", "", ""]
@@ -199,7 +202,7 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     statuses: Counter[int] = Counter()
 
     if spec.engine == "raw":
-        host, port, request = _raw_request(spec, body, headers)
+        host, port, request = raw_http_request(spec.url, spec.model, body, headers)
         conns = [
             _RawConnection(host, port, request, spec.timeout_s) for _ in range(spec.concurrency)
         ]

@@ -195,13 +195,13 @@ def serve(
             model = load_shard(
                 artifacts, shard, spec=spec, forwarding=next_url is not None, config=session_cfg
             )
-        except LoadError as exc:
-            log.error(
-                "cannot serve: %s",
-                exc,
-                extra={"artifacts": str(artifacts), "shard": shard, "exit_in_s": fail_exit_seconds},
-            )
-            slot.fail(str(exc))
+        except Exception as exc:  # the thread's boundary: any failure must end the process
+            where = {"artifacts": str(artifacts), "shard": shard, "exit_in_s": fail_exit_seconds}
+            if isinstance(exc, LoadError):
+                log.error("cannot serve: %s", exc, extra=where)
+            else:
+                log.exception("cannot serve: unexpected %s", type(exc).__name__, extra=where)
+            slot.fail(str(exc) or type(exc).__name__)
             server.stop_after(fail_exit_seconds, exit_code=1)
             return
         if app.settings.batching and not model.batching_capable:
