@@ -178,12 +178,18 @@ def build_model(
     out_dir: Path,
     seed: int = data.DEFAULT_SEED,
     epochs: int | None = None,
+    train_samples: int | None = None,
 ) -> BuiltModel:
-    """Train, export, verify and write one model and its data files."""
+    """Train, export, verify and write one model and its data files.
+
+    `epochs` and `train_samples` (the first N of the train split) make quick smoke builds;
+    the data files always hold the whole splits.
+    """
     inputs = recipe.make_inputs(digits.images)
     labels = digits.labels
+    train_idx = split.train[:train_samples]
     with deterministic_torch(seed):
-        model, result = train_model(recipe, inputs[split.train], labels[split.train], seed, epochs)
+        model, result = train_model(recipe, inputs[train_idx], labels[train_idx], seed, epochs)
         val_x, val_y = inputs[split.val], labels[split.val]
         torch_logits = predict(model, val_x)
         acc_torch = accuracy(torch_logits, val_y)
@@ -196,6 +202,7 @@ def build_model(
                 "kubeaccel.zoo/dataset": "scikit-learn load_digits",
                 "kubeaccel.zoo/seed": str(seed),
                 "kubeaccel.zoo/epochs": str(epochs or recipe.train.epochs),
+                "kubeaccel.zoo/train_samples": str(len(train_idx)),
                 "kubeaccel.zoo/group_lasso": str(recipe.group_lasso),
                 "kubeaccel.zoo/val_accuracy": f"{acc_torch:.4f}",
             },
@@ -237,6 +244,7 @@ def build_all(
     seed: int = data.DEFAULT_SEED,
     epochs: int | None = None,
     on_built: Callable[[BuiltModel], None] | None = None,
+    train_samples: int | None = None,
 ) -> list[BuiltModel]:
     """Build the named models (all by default) into `out_dir`."""
     chosen = list(RECIPES) if names is None else list(names)
@@ -247,7 +255,7 @@ def build_all(
     split = data.split_indices(digits.labels, seed)
     built = []
     for name in chosen:
-        model = build_model(RECIPES[name], digits, split, out_dir, seed, epochs)
+        model = build_model(RECIPES[name], digits, split, out_dir, seed, epochs, train_samples)
         built.append(model)
         if on_built is not None:
             on_built(model)

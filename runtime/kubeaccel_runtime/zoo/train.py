@@ -12,11 +12,16 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+import torch.utils.deterministic
 from torch import nn
 
-# Fixed so a rebuild on the same machine reproduces the same weights bit for bit
-# (float reductions depend on how work is split across threads).
-TRAIN_THREADS = 2
+# Fixed so a rebuild reproduces the same weights bit for bit on any core count (float
+# reductions depend on how work is split across threads). One thread, not two: on a busy
+# 2-core host two OpenMP threads wait on each other at every small kernel and a 10 s
+# training run took 60-80 s; one thread costs 0-30 % when the host is idle.
+TRAIN_THREADS = 1
+# A module property torch's stubs do not declare.
+_FILL = "fill_uninitialized_memory"
 
 
 @dataclass(frozen=True)
@@ -42,14 +47,19 @@ def deterministic_torch(seed: int, threads: int = TRAIN_THREADS) -> Iterator[Non
     """Seed torch, pin the thread count and require deterministic kernels; restore after."""
     old_threads = torch.get_num_threads()
     old_deterministic = torch.are_deterministic_algorithms_enabled()
+    old_fill = getattr(torch.utils.deterministic, _FILL)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
+    # Filling every fresh tensor with NaN only guards against kernels that read memory they
+    # never wrote; it costs ~10 % here, and the build-twice test would catch such a read.
+    setattr(torch.utils.deterministic, _FILL, False)
     torch.manual_seed(seed)
     try:
         yield
     finally:
         torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_deterministic)
+        setattr(torch.utils.deterministic, _FILL, old_fill)
 
 
 def train_classifier(
