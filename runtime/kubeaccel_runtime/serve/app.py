@@ -65,7 +65,9 @@ class ServeSettings:
     max_delay_ms: float = 2.0
     chain: ChainConfig | None = None
     run_workers: int = 1
-    max_inflight: int = 4096
+    max_inflight: int = 1024
+    # Request bytes buffered at once (declared Content-Length, else the size cap).
+    max_inflight_bytes: int = 256 * 1024 * 1024
     # Session calls expected to take less than this run on the event loop itself: a
     # thread hand-off costs more than a tiny model (docs/benchmarks.md). 0 disables.
     inline_run_ms: float = 0.3
@@ -106,6 +108,7 @@ class ServeApp:
         self.metrics = ServeMetrics()
         self.draining = False
         self.inflight = 0
+        self.inflight_bytes = 0
         self._executor = ThreadPoolExecutor(settings.run_workers, thread_name_prefix="onnxruntime")
         self._batcher: Batcher | None = None
         self._next = NextShard(settings.chain, slot.name) if settings.chain else None
@@ -314,15 +317,24 @@ class ServeApp:
 
     async def _infer(self, scope: Scope, receive: Receive) -> tuple[bytes, dict[str, str]]:
         model = self._require_model()
-        if self.inflight >= self.settings.max_inflight:
+        headers = _headers(scope)
+        cap = model.contract.max_request_bytes
+        # Bodies are buffered: reserve the declared size (or the cap) against a budget so
+        # that many concurrent uploads cannot exhaust the pod's memory.
+        reserve = min(_declared_length(headers, cap), cap)
+        if self.inflight >= self.settings.max_inflight or (
+            self.inflight and self.inflight_bytes + reserve > self.settings.max_inflight_bytes
+        ):
             raise Overloaded(
-                f"{self.inflight} requests in flight (limit {self.settings.max_inflight}); retry",
+                f"{self.inflight} requests ({self.inflight_bytes} bytes) in flight; limits "
+                f"{self.settings.max_inflight} requests, {self.settings.max_inflight_bytes} "
+                "bytes; retry later",
                 reason="overloaded",
             )
         self.inflight += 1
+        self.inflight_bytes += reserve
         try:
-            headers = _headers(scope)
-            body = await _read_body(receive, headers, model.contract.max_request_bytes)
+            body = await _read_body(receive, headers, cap)
             header_len = parse_header_length(
                 headers.get(b"inference-header-content-length", b"").decode("latin-1") or None,
                 len(body),
@@ -339,6 +351,7 @@ class ServeApp:
             return encode_response(model.name, model.version, request.id, outputs, request.outputs)
         finally:
             self.inflight -= 1
+            self.inflight_bytes -= reserve
 
     def _count_non_finite(self, output: str) -> None:
         self.metrics.nonfinite_outputs.labels(output).inc()
@@ -445,6 +458,14 @@ def _tensor_meta(rule: Any) -> dict[str, Any]:
 def _headers(scope: Scope) -> dict[bytes, bytes]:
     wanted = (b"content-length", b"inference-header-content-length", b"content-encoding")
     return {k: v for k, v in scope["headers"] if k in wanted}
+
+
+def _declared_length(headers: dict[bytes, bytes], default: int) -> int:
+    """Content-Length as an int, or `default` when absent or malformed."""
+    try:
+        return int(headers[b"content-length"])
+    except (KeyError, ValueError):
+        return default
 
 
 async def _read_body(receive: Receive, headers: dict[bytes, bytes], cap: int) -> bytes:

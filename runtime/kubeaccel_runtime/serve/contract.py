@@ -7,6 +7,7 @@ come from the spec's `outputs` for the model outputs, else from the signature.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -49,6 +50,17 @@ class Contract:
     outputs: tuple[TensorRule, ...]
     max_request_bytes: int
     max_batch: int
+
+    @property
+    def max_input_values(self) -> int | None:
+        """Most values one valid request can carry (None if a non-batch dim is dynamic)."""
+        total = 0
+        for rule in self.inputs:
+            dims = rule.shape[1:] if rule.batched else rule.shape
+            if any(d == -1 for d in dims):
+                return None
+            total += (self.max_batch if rule.batched else 1) * math.prod(dims)
+        return total
 
     def input(self, name: str) -> TensorRule | None:
         """The rule of input `name`, if any."""

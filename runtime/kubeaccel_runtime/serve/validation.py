@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from kubeaccel_runtime.serve.contract import Contract, TensorRule
 from kubeaccel_runtime.serve.dtypes import FROM_OIP, NUMPY, is_float, is_int
-from kubeaccel_runtime.serve.errors import InvalidRequest
+from kubeaccel_runtime.serve.errors import InvalidRequest, PayloadTooLarge
 from kubeaccel_runtime.serve.schemas import InferenceRequest, Parameters, RequestInput
 
 Array = np.ndarray[Any, Any]
@@ -70,7 +70,26 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     return length
 
 
-def _envelope(raw: bytes | memoryview) -> InferenceRequest:
+def _bound_values(raw: bytes, limit: int | None) -> None:
+    """Refuse JSON holding far more numbers than the contract allows, before parsing it.
+
+    Parsing turns every number into a Python object (~30 bytes from ~2 bytes of JSON), so
+    a body within maxRequestBytes could still cost hundreds of MB; counting commas (C
+    speed) bounds the values a request can hold.
+    """
+    if limit is None:
+        return
+    separators = raw.count(b",")
+    # Slack for the envelope's own commas (names, shapes, parameters).
+    if separators > limit + 1024:
+        raise PayloadTooLarge(
+            f"request holds about {separators + 1} values; the input contract allows at most "
+            f"{limit} (limits.maxBatch times the input sizes)",
+            reason="too_many_values",
+        )
+
+
+def _envelope(raw: bytes) -> InferenceRequest:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -284,10 +303,11 @@ def decode_request(
     body: bytes, header_length: int | None, contract: Contract, outputs: tuple[TensorRule, ...]
 ) -> DecodedRequest:
     """Parse and check one infer request against `contract`; `outputs` are the returnable ones."""
-    view = memoryview(body)
-    split = len(body) if header_length is None else header_length
-    req = _envelope(view[:split])
-    binary = view[split:]
+    # A pure-JSON body is used as is; a binary request's JSON header is small to copy.
+    header = body if header_length is None else body[:header_length]
+    _bound_values(header, contract.max_input_values)
+    req = _envelope(header)
+    binary = memoryview(body)[len(header) :]
 
     by_name: dict[str, RequestInput] = {}
     for item in req.inputs:

@@ -245,4 +245,35 @@ async def test_too_many_requests_in_flight_get_a_503(
         body, headers = encode_request({"x": X})
         r = await c.post("/v2/models/mlp/infer", content=body, headers=headers)
     assert r.status_code == 503
-    assert "in flight (limit 0)" in r.json()["error"]
+    assert "limits 0 requests" in r.json()["error"]
+
+
+async def test_concurrent_uploads_beyond_the_byte_budget_get_a_503(
+    mlp_model: LoadedModel, app_factory: Callable[..., ServeApp]
+) -> None:
+    import asyncio
+
+    app = app_factory(mlp_model, ServeSettings(max_inflight_bytes=10_000))
+    body, headers = encode_request({"x": X})
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield body[:10]
+        await release.wait()
+        yield body[10:]
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        # Without Content-Length the first upload reserves the whole 16 MiB cap.
+        first = asyncio.ensure_future(
+            c.post("/v2/models/mlp/infer", content=slow_body(), headers=headers)
+        )
+        while app.inflight == 0:
+            await asyncio.sleep(0.01)
+        second = await c.post("/v2/models/mlp/infer", content=body, headers=headers)
+        release.set()
+        assert (await first).status_code == 200  # one request is always admitted
+    assert second.status_code == 503
+    assert (
+        "bytes in flight" in second.json()["error"] or "bytes) in flight" in second.json()["error"]
+    )
+    assert app.inflight == 0 and app.inflight_bytes == 0

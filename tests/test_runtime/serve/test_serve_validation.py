@@ -314,6 +314,17 @@ async def test_a_streamed_body_over_the_cap_is_refused_while_reading(
     assert sent < 10  # stopped reading early instead of buffering everything
 
 
+async def test_json_with_far_more_values_than_the_contract_allows_is_refused_before_parsing(
+    client: httpx.AsyncClient,
+) -> None:
+    # 3.6 KB, under the 4 KiB cap, but ~1800 values where the contract allows 8 * 9 = 72.
+    doc = valid()
+    doc["inputs"][0]["data"] = [0] * 1800
+    r = await client.post(URL, content=json.dumps(doc, separators=(",", ":")))
+    assert r.status_code == 413
+    assert "allows at most 72" in r.json()["error"]
+
+
 async def test_a_compressed_body_is_a_415(client: httpx.AsyncClient) -> None:
     r = await client.post(
         URL,
