@@ -25,6 +25,8 @@ from kubeaccel_runtime.serve.batching import Batcher, BatchStats
 from kubeaccel_runtime.serve.chain import ChainConfig, NextShard
 from kubeaccel_runtime.serve.codec import encode_response
 from kubeaccel_runtime.serve.errors import (
+    DownstreamFailed,
+    DownstreamUnavailable,
     InferenceFailed,
     InvalidRequest,
     MethodNotAllowed,
@@ -175,6 +177,8 @@ class ServeApp:
             body = orjson.dumps({"error": exc.message})
             if isinstance(exc, InvalidRequest | PayloadTooLarge | UnsupportedMediaType):
                 self.metrics.validation_failures.labels(exc.reason).inc()
+            elif isinstance(exc, DownstreamFailed | DownstreamUnavailable):
+                self.metrics.downstream_errors.labels(exc.reason).inc()
             if isinstance(exc, MethodNotAllowed):
                 extra_headers = [(b"allow", exc.allow.encode())]
             if isinstance(exc, PayloadTooLarge | UnsupportedMediaType):

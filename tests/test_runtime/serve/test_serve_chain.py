@@ -127,6 +127,8 @@ async def test_an_unreachable_next_shard_gives_a_503_after_bounded_retries(
         assert r.status_code == 503
         assert f"next shard {url} unreachable after 3 attempts" in r.json()["error"]
         assert time.monotonic() - started < 10
+        metrics = (await c.get("/metrics")).text
+        assert 'kubeaccel_downstream_errors_total{kind="unreachable"} 1.0' in metrics
 
 
 async def test_a_next_shard_that_rejects_the_tensors_gives_a_502(
