@@ -19,10 +19,11 @@ EXAMPLE_OUTPUTS := \
 examples: $(EXAMPLE_OUTPUTS) ## build + train the example models (examples/models) and sync YAML digests
 	$(PY) -m kubeaccel_runtime.zoo --out $(EXAMPLE_MODELS_DIR) --examples $(EXAMPLES_DIR) --sync-only
 
-# One run writes every output (grouped target, GNU make >= 4.3). $(STAMP), when the main
-# Makefile defines it, is the installed .venv: needed first, but never a reason to retrain.
+# One run writes every output (grouped target, GNU make >= 4.3); `examples` then syncs.
+# $(STAMP), when the main Makefile defines it, is the installed .venv: needed first, but
+# never a reason to retrain (order-only).
 $(EXAMPLE_OUTPUTS) &: $(ZOO_SOURCES) | $(STAMP)
-	$(PY) -m kubeaccel_runtime.zoo --out $(EXAMPLE_MODELS_DIR) --examples $(EXAMPLES_DIR)
+	$(PY) -m kubeaccel_runtime.zoo --out $(EXAMPLE_MODELS_DIR) --no-sync
 
 examples-clean: ## delete the built example models and data
 	rm -f $(EXAMPLE_OUTPUTS)
