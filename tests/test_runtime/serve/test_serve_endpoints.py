@@ -277,3 +277,21 @@ async def test_concurrent_uploads_beyond_the_byte_budget_get_a_503(
         "bytes in flight" in second.json()["error"] or "bytes) in flight" in second.json()["error"]
     )
     assert app.inflight == 0 and app.inflight_bytes == 0
+
+
+def test_short_calls_run_inline_when_alone_and_only_very_short_ones_under_load(
+    mlp_model: LoadedModel, app_factory: Callable[..., ServeApp]
+) -> None:
+    app = app_factory(mlp_model, ServeSettings(inline_run_ms=0.4))
+    assert not app._run_inline(1)  # nothing measured yet: the thread measures first
+    app._learn_cost(0.0002)  # 0.2 ms per row
+    app.inflight = 1
+    assert app._run_inline(1)
+    assert not app._run_inline(2)  # 0.4 ms expected: at the limit
+    app.inflight = 5
+    assert not app._run_inline(1)  # others in flight: limit 0.1 ms
+    app._learn_cost(0.00005)
+    assert app._run_inline(1)
+    app._learn_cost(0.01)  # one slow (GIL-delayed) sample moves the estimate only 5 %
+    assert app._row_cost_s is not None and app._row_cost_s < 0.001
+    app.inflight = 0
