@@ -834,8 +834,8 @@ def main() -> int:
             f"server and raw onnxruntime use {THREADS} intra-op thread with spinning off; the load "
             "generator (kubeaccel_runtime.loadgen, raw HTTP/1.1 keep-alive engine) runs in the bench "
             "process on the same 2 cores, closed loop, bounded in count and time. "
-            "kubeaccel = `kubeaccel serve` (raw ASGI on uvicorn + uvloop + httptools; small session "
-            "calls run on the event loop), kubeaccel-thread = the same with every call in the worker "
+            "kubeaccel = `kubeaccel serve` (raw ASGI on uvicorn + uvloop + httptools; short session "
+            "calls run on the event loop when no other request is in flight), kubeaccel-thread = the same with every call in the worker "
             "thread (`--inline-run-ms 0`), kubeaccel-batching = dynamic batching on (maxBatchSize "
             "64, maxDelayMs 2), kserve = KServe's Python model server "
             f"(kserve {_kserve_version()}, from .venv-kserve) wrapping an identical onnxruntime session.",
