@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -207,5 +208,7 @@ def test_a_shard_that_crashes_at_start_is_named_and_no_process_is_left(mlp_dir: 
     code = serve_foreground(resource, artifact, paths, port=None, ready_timeout=60, console=console)
     assert code == 1
     text = console.export_text()
-    assert "shard 1" in text and "exited with code 1" in text and "sha256" in text
+    # Every shard verifies the whole artifact, so whichever exits first is the one named.
+    assert re.search(r"shard [01] \(port \d+\) exited with code 1", text), text
+    assert "sha256" in text
     assert all(not _alive(p) for p in _children_of(os.getpid()))
