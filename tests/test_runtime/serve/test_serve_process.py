@@ -110,7 +110,7 @@ def proc_factory() -> Iterator[type[Proc]]:
 def test_sigterm_flips_readiness_drains_in_flight_requests_and_exits_zero(
     slow_artifact: Path, proc_factory: type[Proc]
 ) -> None:
-    p = proc_factory(slow_artifact, "--drain-seconds", "0.8")
+    p = proc_factory(slow_artifact, "--drain-seconds", "2")
     p.wait_for("/v2/health/ready", 200)
     result: dict[str, object] = {}
 
