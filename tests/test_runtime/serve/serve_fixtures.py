@@ -227,7 +227,7 @@ class ServerThread:
             log_level="warning",
             lifespan="on",
             loop="asyncio",
-            http="h11",
+            http="httptools",  # the parser production uses (uvloop stays out: it is process-wide)
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
