@@ -11,6 +11,7 @@ import onnxruntime as ort
 from kubeaccel_api.v1alpha1 import ExecutionProvider, GraphOptimizationLevel
 from onnx import ModelProto
 
+import kubeaccel_runtime.ort_guard  # noqa: F401 (refuses a cpu+gpu mixed install)
 from kubeaccel_runtime import onnx_io
 
 ORT_LEVEL = {

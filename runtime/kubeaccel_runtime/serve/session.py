@@ -142,6 +142,8 @@ def create_session(path: Path, cfg: SessionConfig) -> tuple[Any, str, int]:
     """An InferenceSession for `path`; returns (session, provider in use, intra-op threads)."""
     import onnxruntime as ort
 
+    import kubeaccel_runtime.ort_guard  # noqa: F401 (refuses a cpu+gpu mixed install)
+
     providers = choose_providers(cfg.provider, ort.get_available_providers())
     threads = cfg.intra_op_threads or cpu_limit()
     opts = ort.SessionOptions()
