@@ -207,15 +207,22 @@ def optimization_outcome(
 ) -> Outcome:
     """Whether the artifact still needs a Job, is being optimized, succeeded or failed.
 
-    A success recorded in status stands (the Job and its pod may be gone by now), then the
-    Job decides. Once a finished Job is gone (ttlSecondsAfterFinished), Deployments already
-    serving the artifact, or a failure recorded in status, stand in for it: a Job is never
-    re-created for an artifact that already succeeded or failed.
+    An outcome recorded in status stands (the Job and its pod may be gone by now, and the
+    pod's message is not read twice), then the Job decides, then Deployments already
+    serving the artifact. A Job is never re-created for an artifact that already
+    succeeded or failed.
     """
     name = job_name(res.metadata.name, artifact)
     if old.optimization is not None and old.optimization.artifact_id == artifact:
         summary = old.optimization
         return Outcome(JobState.SUCCEEDED, "Optimized", _success_message(summary), summary)
+    optimized = get_condition(old.conditions, ConditionType.OPTIMIZED)
+    if (
+        old.artifact_id == artifact
+        and optimized is not None
+        and optimized.status is ConditionStatus.FALSE
+    ):
+        return Outcome(JobState.FAILED, optimized.reason, optimized.message)
     job = observed.get("Job", name)
     if job is not None and _labels(job).get(LABEL_ARTIFACT) == artifact:
         message = observed.messages.get(name, "")
@@ -245,13 +252,6 @@ def optimization_outcome(
     ):
         summary = OptimizationStatus(artifact_id=artifact)
         return Outcome(JobState.SUCCEEDED, "Optimized", _success_message(summary), summary)
-    optimized = get_condition(old.conditions, ConditionType.OPTIMIZED)
-    if (
-        old.artifact_id == artifact
-        and optimized is not None
-        and optimized.status is ConditionStatus.FALSE
-    ):
-        return Outcome(JobState.FAILED, optimized.reason, optimized.message)
     claim = res.spec.storage.pvc.claim_name
     if claim is not None and observed.claim_present is False:
         return Outcome(

@@ -209,7 +209,17 @@ class KubeEmulator(k8s.KubernetesEmulator):
         self._record(request)
         action = self._action(request)
         writes = (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
-        if request.resource is None or action not in writes:
+        if request.resource is None or not request.resource.plural:
+            return await super()._handle(request)  # discovery: /api, /apis, /version
+        # Object reads are served here directly: kmock's generic reaction matching re-filters
+        # every past request on each new one, which grows quadratically with traffic.
+        if action == enums.action.FETCH:
+            return aiohttp.web.json_response(await self._serve_fetch(request))
+        if action == enums.action.LIST:
+            return aiohttp.web.json_response(await self._serve_list(request))
+        if action == enums.action.WATCH:
+            return await self._stream_watch(request)
+        if action not in writes:
             return await super()._handle(request)
         async with self._lock:
             if action == enums.action.CREATE:
@@ -473,6 +483,30 @@ class KubeEmulator(k8s.KubernetesEmulator):
             "metadata": {"resourceVersion": revision},
             "items": items,
         }
+
+    async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
+        assert request.resource is not None
+        async with self._lock:
+            obj = self._live((request.resource, request.namespace, request.name or ""))
+        if obj is None:
+            raise k8s.KubernetesObjectNotFoundError()
+        return obj
+
+    async def _stream_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        assert request._raw_request is not None
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request._raw_request)
+        events = self._serve_watch(request)
+        try:
+            async for event in events:
+                if isinstance(event, dict):
+                    await response.write(json.dumps(event).encode() + b"\n")
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        return response
 
     async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
         yield b""  # send the headers now: the stream is open even if nothing happens

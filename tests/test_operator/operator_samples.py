@@ -43,7 +43,11 @@ def deep_merge(base: Any, override: Any) -> Any:
 
 
 def body(
-    spec: Mapping[str, Any] | None = None, *, name: str = NAME, generation: int = 1
+    spec: Mapping[str, Any] | None = None,
+    *,
+    name: str = NAME,
+    generation: int = 1,
+    uid: str = UID,
 ) -> dict[str, Any]:
     """A raw AcceleratedModel as the API server stores it; `spec` is merged into a CPU default."""
     base_spec = {
@@ -53,16 +57,20 @@ def body(
     return {
         "apiVersion": "kubeaccel.io/v1alpha1",
         "kind": "AcceleratedModel",
-        "metadata": {"name": name, "namespace": NS, "uid": UID, "generation": generation},
+        "metadata": {"name": name, "namespace": NS, "uid": uid, "generation": generation},
         "spec": deep_merge(base_spec, dict(spec or {})),
     }
 
 
 def model(
-    spec: Mapping[str, Any] | None = None, *, status: Any = None, generation: int = 1
+    spec: Mapping[str, Any] | None = None,
+    *,
+    status: Any = None,
+    generation: int = 1,
+    uid: str = UID,
 ) -> AcceleratedModel:
     """The parsed resource, optionally with a status (model or wire dict)."""
-    res = parse_resource(body(spec, generation=generation))
+    res = parse_resource(body(spec, generation=generation, uid=uid))
     if status is None:
         return res
     if isinstance(status, dict):

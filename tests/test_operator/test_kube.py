@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from kubeaccel_operator.errors import ApiError, ForeignObject
 from kubeaccel_operator.manifests.deployment import build_deployment
 from kubeaccel_operator.reconcile import Plan, reconcile
 from kubeaccel_operator.settings import Settings
-from operator_samples import GPU2, NAME, NOW, NS, UID, aid, body, model
+from operator_samples import GPU2, NAME, NOW, NS, aid, body, model
 
 CFG = Settings()
 
@@ -129,14 +130,28 @@ def test_required_permissions_name_verbs_for_every_call_and_merge_cleanly() -> N
 # --------------------------------------------------------------------------- against the emulator
 
 
+@dataclass
+class Live:
+    """A KubeClient and a test client on one emulator, with the owning resource created."""
+
+    client: kube.KubeClient
+    api: Api
+    uid: str
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[kube.KubeClient, Api]]:
+def cluster(tmp_path: Path) -> Iterator[Live]:
     with EmulatorThread() as emu:
         config = tmp_path / "kubeconfig"
         config.write_text(emu.kubeconfig())
         client = kube.KubeClient.connect(str(config))
+        api = Api(emu.url)
+        # The owner must exist, or the (emulated) garbage collector removes its children.
+        raw = body()
+        del raw["metadata"]["uid"]
+        uid = api.create(raw)["metadata"]["uid"]
         try:
-            yield client, Api(emu.url)
+            yield Live(client, api, uid)
         finally:
             client.api.close()
 
@@ -147,10 +162,10 @@ def _plan(res: AcceleratedModel, client: kube.KubeClient) -> tuple[Plan, kube.Ob
 
 
 def test_apply_creates_children_once_and_is_idempotent(
-    cluster: tuple[kube.KubeClient, Api],
+    cluster: Live,
 ) -> None:
-    client, api = cluster
-    res = model(GPU2)
+    client, api, uid = cluster.client, cluster.api, cluster.uid
+    res = model(GPU2, uid=uid)
     plan, seen = _plan(res, client)
     first = client.apply(res, plan, seen)
     assert sorted(first.created) == sorted(
@@ -158,17 +173,19 @@ def test_apply_creates_children_once_and_is_idempotent(
     )
     job = api.list("Job", NS)[0]
     assert job["metadata"]["annotations"]["kubeaccel.io/applied-hash"]
-    assert job["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert job["metadata"]["ownerReferences"][0]["uid"] == uid
     plan, seen = _plan(res, client)
     again = client.apply(res, plan, seen)
     assert not again.changed
 
 
 def test_a_hand_edit_is_taken_back_and_an_orphan_is_deleted(
-    cluster: tuple[kube.KubeClient, Api],
+    cluster: Live,
 ) -> None:
-    client, api = cluster
-    res = model(GPU2, status={"optimization": {"artifactId": aid(GPU2)}})  # artifact done: shards
+    client, api, uid = cluster.client, cluster.api, cluster.uid
+    res = model(
+        GPU2, status={"optimization": {"artifactId": aid(GPU2)}}, uid=uid
+    )  # artifact done: shards
     plan, seen = _plan(res, client)
     client.apply(res, plan, seen)
     api.patch("Deployment", NS, f"{NAME}-shard-0", {"spec": {"replicas": 7}})
@@ -180,7 +197,7 @@ def test_a_hand_edit_is_taken_back_and_an_orphan_is_deleted(
         **GPU2,
         "optimization": {"partition": {"shards": 1}, "quantization": {"mode": "fp16"}},
     }
-    res = model(one_shard, status={"optimization": {"artifactId": aid(one_shard)}})
+    res = model(one_shard, status={"optimization": {"artifactId": aid(one_shard)}}, uid=uid)
     plan, seen = _plan(res, client)
     result = client.apply(res, plan, seen)
     assert set(result.deleted) == {
@@ -193,9 +210,9 @@ def test_a_hand_edit_is_taken_back_and_an_orphan_is_deleted(
 
 
 def test_an_object_of_the_same_name_owned_by_someone_else_is_not_taken_over(
-    cluster: tuple[kube.KubeClient, Api],
+    cluster: Live,
 ) -> None:
-    client, api = cluster
+    client, api, uid = cluster.client, cluster.api, cluster.uid
     api.create(
         {
             "apiVersion": "v1",
@@ -204,7 +221,7 @@ def test_an_object_of_the_same_name_owned_by_someone_else_is_not_taken_over(
             "data": {"mine": "yes"},
         }
     )
-    res = model()
+    res = model(uid=uid)
     plan, seen = _plan(res, client)
     with pytest.raises(ForeignObject) as err:
         client.apply(res, plan, seen)
@@ -215,10 +232,10 @@ def test_an_object_of_the_same_name_owned_by_someone_else_is_not_taken_over(
 
 
 def test_observe_keeps_only_children_of_this_uid_and_reads_the_job_message(
-    cluster: tuple[kube.KubeClient, Api],
+    cluster: Live,
 ) -> None:
-    client, api = cluster
-    res = model()
+    client, api, uid = cluster.client, cluster.api, cluster.uid
+    res = model(uid=uid)
     plan, seen = _plan(res, client)
     client.apply(res, plan, seen)
     job = api.list("Job", NS)[0]
@@ -275,15 +292,13 @@ def test_observe_keeps_only_children_of_this_uid_and_reads_the_job_message(
     assert seen.messages == {name: '{"artifactId": "x"}'}
 
 
-def test_the_resource_is_read_and_its_status_patched(cluster: tuple[kube.KubeClient, Api]) -> None:
-    client, api = cluster
-    assert client.get_model(NS, NAME) is None
-    raw = body()
-    raw["metadata"] = {"name": NAME, "namespace": NS}
-    api.create(raw)
+def test_the_resource_is_read_and_its_status_patched(cluster: Live) -> None:
+    client = cluster.client
+    assert client.get_model(NS, "absent") is None
     client.patch_model_status(NS, NAME, {"phase": "Optimizing", "message": None})
     stored = client.get_model(NS, NAME)
     assert stored is not None and stored["status"] == {"phase": "Optimizing"}
+    assert stored["metadata"]["uid"] == cluster.uid
 
 
 def test_an_unreachable_api_server_is_a_temporary_error() -> None:

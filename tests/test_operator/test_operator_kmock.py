@@ -151,7 +151,6 @@ def pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-@pytest.mark.slow
 def test_the_operator_takes_a_resource_from_apply_to_ready_through_updates_and_deletion(
     env: Env,
 ) -> None:
@@ -322,7 +321,6 @@ def test_the_operator_takes_a_resource_from_apply_to_ready_through_updates_and_d
     assert not {(g, r) for g, r, _ in made} & peering  # standalone: no peering calls
 
 
-@pytest.mark.slow
 def test_a_restart_mid_way_converges_without_duplicates(env: Env) -> None:
     env.operator.start()
     spec = deep_merge(
@@ -358,7 +356,6 @@ def test_a_restart_mid_way_converges_without_duplicates(env: Env) -> None:
         assert env.adds(kind, name) == 1, (kind, name)
 
 
-@pytest.mark.slow
 def test_an_invalid_resource_fails_with_the_field_path_and_recovers_when_fixed(env: Env) -> None:
     env.operator.start()
     # A real API server's schema would refuse this; the operator must not trust that.

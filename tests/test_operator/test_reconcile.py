@@ -173,6 +173,27 @@ def case_failure_recorded_and_job_gone() -> Case:
     )
 
 
+def case_failure_recorded_and_job_still_there() -> Case:
+    res = model(GPU2)
+    job = job_failed(build_job(res, aid(GPU2), CFG))
+    seen = observed(job, messages={job["metadata"]["name"]: '{"error": "boom"}'})
+    failed = reconcile(res, seen, CFG, NOW)
+
+    def check(plan: Plan) -> None:
+        optimized = next(c for c in plan.status.conditions if c.type.value == "Optimized")
+        assert optimized.message.endswith("boom")  # the pod's message is not read again
+
+    return Case(
+        res=model(GPU2, status=failed.status),
+        seen=observed(job),  # kube.observe skips the pods once the failure is recorded
+        phase="Failed",
+        conditions={"Optimized": ("False", "BackoffLimitExceeded")},
+        applies={"ConfigMap/mnist-spec", "PersistentVolumeClaim/mnist-artifacts"},
+        events=[],
+        check=check,
+    )
+
+
 def case_job_done() -> Case:
     res = model(GPU2)
     artifact = aid(GPU2)
@@ -400,6 +421,7 @@ CASES = {
     "job running": case_job_running,
     "job failed": case_job_failed,
     "failure recorded, job gone": case_failure_recorded_and_job_gone,
+    "failure recorded, job still there": case_failure_recorded_and_job_still_there,
     "job done": case_job_done,
     "job done, unreadable summary": case_job_done_with_unreadable_summary,
     "all shards available": case_all_shards_available,
