@@ -16,7 +16,6 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -33,6 +32,7 @@ from kubeaccel_operator.manifests.common import (
     Manifest,
     job_name,
     namespace_of,
+    parse_quantity,
     stable_hash,
 )
 from kubeaccel_operator.manifests.job import CONTAINER as OPTIMIZER_CONTAINER
@@ -150,37 +150,6 @@ class Cluster(Protocol):
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-_SUFFIXES: dict[str, Decimal | int] = {
-    "": 1,
-    "m": Decimal("0.001"),
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-}
-
-
-def parse_quantity(text: str) -> Decimal | None:
-    """A Kubernetes quantity as a number (`500m` -> 0.5), or None if it is not one."""
-    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
-        if suffix and text.endswith(suffix):
-            number = text[: -len(suffix)]
-            break
-    else:
-        suffix, number = "", text
-    try:
-        return Decimal(number) * Decimal(_SUFFIXES[suffix])
-    except InvalidOperation:
-        return None
 
 
 def contains(want: Any, have: Any) -> bool:

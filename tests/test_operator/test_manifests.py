@@ -124,6 +124,7 @@ def expected_deployment(
     next_url: str | None = None,
     resources: dict[str, Any] | None = None,
     placement: dict[str, Any] | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     args = [
         "serve",
@@ -138,12 +139,15 @@ def expected_deployment(
     ]
     if next_url:
         args += ["--next", next_url]
+    if threads:
+        args += ["--threads", str(threads)]
     labels = common_labels(
         "runtime", **{"kubeaccel.io/shard": str(shard), "kubeaccel.io/artifact-id": artifact}
     )
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 45,
         "securityContext": POD_SECURITY,
         "containers": [
             {
@@ -417,6 +421,7 @@ def test_one_gpu_deployment_limits_the_gpu_and_requests_cpu_and_memory(cfg: Sett
             "requests": {"cpu": "500m", "memory": "1Gi"},
             "limits": {"memory": "1Gi", "nvidia.com/gpu": "1"},
         },
+        threads=1,
     )
 
 
@@ -445,9 +450,10 @@ def test_two_shards_with_two_gpus_each_chain_and_get_a_disruption_budget(cfg: Se
         replicas=2,
         next_url=f"http://{NAME}-shard-1.{NS}.svc:8080",
         resources=resources,
+        threads=2,
     )
     assert build_deployment(res, 1, artifact, cfg) == expected_deployment(
-        shard=1, artifact=artifact, spec=res.spec, replicas=2, resources=resources
+        shard=1, artifact=artifact, spec=res.spec, replicas=2, resources=resources, threads=2
     )
     for shard in (0, 1):
         assert build_pdb(res, shard) == {
@@ -635,3 +641,12 @@ def test_source_claims_collect_every_pvc_uri_once() -> None:
     }
     assert source_claims(model(spec)) == ["data", "models"]
     assert source_claims(model({"source": {"uri": "https://example.com/m.onnx"}})) == []
+
+
+@pytest.mark.parametrize(("cpu", "threads"), [("1500m", "2"), ("100m", "1"), ("4", "4")])
+def test_runtime_threads_follow_the_cpu_request(cfg: Settings, cpu: str, threads: str) -> None:
+    spec = {"runtime": {"resources": {"cpu": cpu}}}
+    args = build_deployment(model(spec), 0, aid(spec), cfg)["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"]
+    assert args[-2:] == ["--threads", threads]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
@@ -235,3 +236,35 @@ def serving_spec(res: AcceleratedModel) -> dict[str, Any]:
 def container_port() -> dict[str, Any]:
     """The runtime's HTTP port."""
     return {"name": PORT_NAME, "containerPort": RUNTIME_PORT, "protocol": "TCP"}
+
+
+_SUFFIXES: dict[str, Decimal | int] = {
+    "": 1,
+    "m": Decimal("0.001"),
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
+
+
+def parse_quantity(text: str) -> Decimal | None:
+    """A Kubernetes quantity as a number (`500m` -> 0.5), or None if it is not one."""
+    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
+        if suffix and text.endswith(suffix):
+            number = text[: -len(suffix)]
+            break
+    else:
+        suffix, number = "", text
+    try:
+        return Decimal(number) * Decimal(_SUFFIXES[suffix])
+    except InvalidOperation:
+        return None

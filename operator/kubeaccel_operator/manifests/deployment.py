@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 from kubeaccel_api.constants import RUNTIME_PORT
@@ -19,6 +20,7 @@ from kubeaccel_operator.manifests.common import (
     container_security_context,
     labels,
     object_meta,
+    parse_quantity,
     pod_security_context,
     selector_labels,
     serving_spec,
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     from kubeaccel_operator.settings import Settings
 
 CONTAINER = "runtime"
+# `kubeaccel serve` drains for 5 s, then waits up to 30 s for in-flight requests.
+GRACE_SECONDS = 45
+
 LIVE_PATH = "/v2/health/live"
 READY_PATH = "/v2/health/ready"
 
@@ -66,6 +71,11 @@ def serve_args(res: AcceleratedModel, index: int, artifact: str) -> list[str]:
     ]
     if index + 1 < res.spec.optimization.partition.shards:
         args += ["--next", shard_url(res, index + 1)]
+    cores = parse_quantity(res.spec.runtime.resources.cpu or "")
+    if cores is not None:
+        # CPU is requested, not limited, so the server cannot read a cgroup limit: size
+        # onnxruntime's threads to the request instead of every core of the node.
+        args += ["--threads", str(max(1, math.ceil(cores)))]
     return args
 
 
@@ -108,6 +118,7 @@ def build_deployment(res: AcceleratedModel, index: int, artifact: str, cfg: Sett
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": GRACE_SECONDS,
         "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": [
