@@ -71,6 +71,18 @@ def ready_names(api: Api) -> set[str]:
     return out
 
 
+def wait_all_ready(api: Api, names: list[str], timeout: float) -> None:
+    """Poll until every resource is Ready; name the stragglers at the deadline."""
+    deadline = time.monotonic() + timeout
+    missing = set(names)
+    while time.monotonic() < deadline:
+        missing = set(names) - ready_names(api)
+        if not missing:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"not Ready after {timeout}s: {sorted(missing)[:20]}")
+
+
 def latencies(emu: EmulatorThread, names: list[str]) -> tuple[list[float], list[float]]:
     """(apply -> Job created, Job complete -> first Deployment) in ms, from write times."""
     first: dict[tuple[str, str, str], float] = {}
@@ -131,12 +143,7 @@ def run(sequential: int, burst: int, workers: int) -> dict[str, Any]:
             for name in names:
                 api.create(manifest(name))
             applied = time.monotonic() - started
-            wait_for(
-                lambda: len(ready_names(api)) == burst,
-                f"{burst} resources Ready",
-                timeout=1800,
-                interval=0.25,
-            )
+            wait_all_ready(api, names, timeout=600)
             total = time.monotonic() - started
             rss = peak_rss_mb(op.proc.pid)
             to_job, to_deploy = latencies(emu, names)

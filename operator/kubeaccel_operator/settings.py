@@ -18,10 +18,10 @@ from kubeaccel_api.v1alpha1 import QUANTITY_PATTERN, RESOURCE_NAME_PATTERN
 from kubeaccel_api.version import __version__
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kubeaccel_operator.manifests.common import MANAGED_BY
+
 ENV_PREFIX = "KUBEACCEL_"
 DEFAULT_IMAGE = f"ghcr.io/kubeaccel/runtime:{__version__}"
-# Children carry this in app.kubernetes.io/managed-by; server-side apply uses it as field manager.
-MANAGER = "kubeaccel-operator"
 # (apiGroup, version, plural) of every kind of child the operator creates and watches.
 OWNED_KINDS = (
     ("", "v1", "configmaps"),
@@ -155,7 +155,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = cfg.workers
     # Children are watched to react to their changes; only ours, filtered by the server.
     for group, version, plural in OWNED_KINDS:
-        settings.watching.label_selectors[group, version, plural] = f"{LABEL_MANAGED_BY}={MANAGER}"
+        settings.watching.label_selectors[group, version, plural] = (
+            f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        )
     # Server-side watch timeouts make long-lived streams reconnect and re-list periodically.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

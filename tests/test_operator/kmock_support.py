@@ -13,8 +13,10 @@ fixes the listed gaps and adds the few API-server behaviours the operator relies
   (background propagation), as the garbage collector would, including children created
   after their owner is gone;
 - list returns kind/apiVersion/resourceVersion and filters by equality label selectors;
-- watch subscribes before the snapshot, drops what is not newer than ?resourceVersion,
-  and ends at ?timeoutSeconds.
+- watch subscribes and reads its backlog atomically: without ?resourceVersion it starts
+  with the current objects, with one it replays the recorded events newer than it (the
+  watch cache), then streams; it ends at ?timeoutSeconds;
+- generateName collisions are retried (no spurious 409 for kopf's Events).
 
 Not emulated (the e2e suite covers these on a real cluster): schema/CEL validation,
 admission (Pod Security), RBAC, the field-ownership removal rules of server-side apply
@@ -126,8 +128,14 @@ class KubeEmulator(k8s.KubernetesEmulator):
 
     # Act as the Job controller + kubelet and the Deployment controller (for benchmarks).
     auto_controllers: bool = False
+    HISTORY = 20000
     _revision: int = attrs.field(default=0, init=False)
     _uids: set[str] = attrs.field(factory=set, init=False)
+    # Recent watch events per resource: a watch from ?resourceVersion replays what it missed,
+    # as the API server's watch cache does.
+    _history: dict[references.resource, list[dict[str, Any]]] = attrs.field(
+        factory=dict, init=False
+    )
     # (event, kind, namespace, name, time.monotonic()) of every write, oldest first.
     writes: list[tuple[str, str, str, str, float]] = attrs.field(factory=list, init=False)
     # (User-Agent, RBAC verb, apiGroup, resource[/subresource]) of every API request.
@@ -167,6 +175,12 @@ class KubeEmulator(k8s.KubernetesEmulator):
             return None
         return copy.deepcopy(self.objects[key].raw)
 
+    async def _publish(self, resource: references.resource, event: dict[str, Any]) -> None:
+        history = self._history.setdefault(resource, [])
+        history.append(event)
+        del history[: -self.HISTORY]
+        await self._buses[resource].put(event)
+
     async def _store(
         self, key: tuple[references.resource, str | None, str], obj: dict[str, Any], event: str
     ) -> None:
@@ -177,7 +191,7 @@ class KubeEmulator(k8s.KubernetesEmulator):
             self.objects[key] = obj
         kind = self._info(resource).kind or ""
         self.writes.append((event, kind, key[1] or "", key[2], time.monotonic()))
-        await self._buses[resource].put({"type": event, "object": copy.deepcopy(obj)})
+        await self._publish(resource, {"type": event, "object": copy.deepcopy(obj)})
         if self.auto_controllers:
             self._control(kind, key, obj)
 
@@ -242,7 +256,11 @@ class KubeEmulator(k8s.KubernetesEmulator):
         obj = copy.deepcopy(data)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            # The API server retries generated names that collide (RetryGenerateName).
+            while True:
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                if self._live((resource, namespace or meta.get("namespace"), meta["name"])) is None:
+                    break
         if not meta.get("name"):
             raise k8s.KubernetesError(
                 status=422, reason="Invalid", message="metadata.name is required"
@@ -368,7 +386,7 @@ class KubeEmulator(k8s.KubernetesEmulator):
         self.objects[key].delete()
         kind = self._info(key[0]).kind or ""
         self.writes.append(("DELETED", kind, key[1] or "", key[2], time.monotonic()))
-        await self._buses[key[0]].put({"type": "DELETED", "object": copy.deepcopy(obj)})
+        await self._publish(key[0], {"type": "DELETED", "object": copy.deepcopy(obj)})
         # Garbage collection: dependents of the removed object go too (background).
         uid = obj["metadata"].get("uid")
         dependents = [
@@ -512,19 +530,30 @@ class KubeEmulator(k8s.KubernetesEmulator):
         yield b""  # send the headers now: the stream is open even if nothing happens
         assert request.resource is not None
         bus = self._buses[request.resource]
-        mark = await bus.mark()  # subscribe before the snapshot: nothing falls in between
+        mark: Any = None
         try:
             since = int(request.params.get("resourceVersion") or 0)
             timeout = float(request.params.get("timeoutSeconds") or 0) or None
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout if timeout else None
             terms = parse_selector(request.params.get("labelSelector", ""))
-            if not since:
-                async with self._lock:
-                    snapshot = self._matching(request)
+            # Writes publish under the lock, so subscribing and reading the backlog under it
+            # leaves no gap between them.
+            async with self._lock:
+                mark = await bus.mark()
+                if since:
+                    backlog = [
+                        e
+                        for e in self._history.get(request.resource, [])
+                        if int(e["object"]["metadata"].get("resourceVersion") or 0) > since
+                    ]
+                else:
+                    backlog = [{"type": "ADDED", "object": o} for o in self._matching(request)]
                     since = self._revision
-                for obj in snapshot:
-                    yield {"type": "ADDED", "object": obj}
+            for event in backlog:
+                if self._watched(request, terms, event):
+                    yield event
+                    since = max(since, int(event["object"]["metadata"]["resourceVersion"]))
             stream = bus.stream(since=mark)
             while True:
                 remaining = None if deadline is None else deadline - loop.time()
@@ -534,19 +563,24 @@ class KubeEmulator(k8s.KubernetesEmulator):
                     event = await asyncio.wait_for(anext(stream), remaining)
                 except (TimeoutError, StopAsyncIteration):
                     return
-                obj = event.get("object", {})
-                meta = obj.get("metadata", {})
-                if int(meta.get("resourceVersion") or 0) <= since:
+                if int(event["object"]["metadata"].get("resourceVersion") or 0) <= since:
                     continue
-                if request.namespace is not None and meta.get("namespace") != request.namespace:
-                    continue
-                if request.name is not None and meta.get("name") != request.name:
-                    continue
-                if not selector_matches(terms, meta.get("labels") or {}):
-                    continue
-                yield event
+                if self._watched(request, terms, event):
+                    yield event
         finally:
-            await bus.unmark(mark)
+            if mark is not None:
+                await bus.unmark(mark)
+
+    @staticmethod
+    def _watched(
+        request: rendering.Request, terms: list[tuple[str, str, str | None]], event: dict[str, Any]
+    ) -> bool:
+        meta = event.get("object", {}).get("metadata", {})
+        if request.namespace is not None and meta.get("namespace") != request.namespace:
+            return False
+        if request.name is not None and meta.get("name") != request.name:
+            return False
+        return selector_matches(terms, meta.get("labels") or {})
 
 
 class EmulatorThread:
