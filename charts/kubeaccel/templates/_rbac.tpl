@@ -27,8 +27,9 @@ annotations) and their status, and posts Events about them.
 
 {{/*
 Application (the kubeaccel reconciler in kubeaccel_operator.kube): children are written with
-server-side apply (patch) by deterministic name and observed by label (list); Jobs and
-Deployments are also watched, so their progress triggers a reconcile.
+server-side apply (patch) by deterministic name and observed by label (list). Every kind of
+child is also watched, so a finished Job, a Deployment losing availability or a child edited
+or deleted by hand triggers a reconcile of its owner at once.
 */}}
 {{- define "kubeaccel.rules.application" -}}
 # Re-reads the resource before acting on it.
@@ -38,11 +39,11 @@ Deployments are also watched, so their progress triggers a reconcile.
 # The spec handed to the optimization Job.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # The artifacts volume (created once; never deleted by hand, its owner reference does it).
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # The optimization Job; a new artifact gets a new Job.
 - apiGroups: ["batch"]
   resources: ["jobs"]
@@ -55,11 +56,11 @@ Deployments are also watched, so their progress triggers a reconcile.
 # PodDisruptionBudget for shards with more than one replica.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- end }}
