@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 
 import kopf
 
@@ -25,7 +26,12 @@ def main() -> None:
         raise SystemExit(2) from None
     kopf.configure(verbose=cfg.verbose, log_format=LOG_FORMATS[cfg.log_format], log_refkey="object")
     # Registers the handlers (decorators run at import).
-    importlib.import_module("kubeaccel_operator.handlers")
+    handlers = importlib.import_module("kubeaccel_operator.handlers")
+    stop = threading.Event()
+    if cfg.resync_seconds > 0:
+        threading.Thread(
+            target=handlers.resync_forever, args=(stop,), name="resync", daemon=True
+        ).start()
     kopf.run(
         standalone=cfg.standalone,
         peering_name=cfg.peering_name,
@@ -33,6 +39,7 @@ def main() -> None:
         namespaces=list(cfg.namespaces),
         liveness_endpoint=cfg.liveness_endpoint,
     )
+    stop.set()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ hand re-runs the owner's reconcile at once, so drift is repaired without a spec 
 There is deliberately no @kopf.timer: kopf 1.45 gives every timer/daemon a finalizer
 (requires_finalizer=True in kopf.on.timer), and without one a timer outlives its deleted
 object. A finalizer would leave resources Terminating whenever the operator is down,
-while children need nothing but their owner references to be garbage-collected.
+while children need nothing but their owner references to be garbage-collected. The
+periodic re-observation is `resync_forever`, a plain thread `__main__` starts.
 
 All reconciles of one resource are serialised by a lock, and child events arriving
 while one is queued are coalesced into it.
@@ -22,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from kubeaccel_api.constants import GROUP, KIND, LABEL_MANAGED_BY, PLURAL, VERSION
@@ -34,9 +35,7 @@ from kubeaccel_operator import kube
 from kubeaccel_operator.errors import ApiError, InvalidSpec, NotReady, OperatorError, raise_for_kopf
 from kubeaccel_operator.manifests.common import MANAGED_BY
 from kubeaccel_operator.reconcile import Event, check_supported, invalid_status, reconcile
-from kubeaccel_operator.settings import Settings, get_settings
-
-EVENT_MESSAGE_LIMIT = 1000
+from kubeaccel_operator.settings import OWNED_KINDS, Settings, get_settings
 
 _cluster: kube.Cluster | None = None
 _cluster_lock = threading.Lock()
@@ -138,7 +137,10 @@ def status_patch(result: Result, body: Mapping[str, Any]) -> dict[str, Any] | No
 
 
 def _post(
-    body: Mapping[str, Any], result: Result, logger: logging.Logger | logging.LoggerAdapter[Any]
+    cluster: kube.Cluster,
+    body: Mapping[str, Any],
+    result: Result,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     if result.applied is not None and result.applied.changed:
         logger.info(
@@ -148,25 +150,24 @@ def _post(
             result.applied.deleted,
         )
     for event in result.events:
-        kopf.event(
-            kopf.Body(cast(Any, dict(body))),
-            type=event.type,
-            reason=event.reason,
-            message=event.message[:EVENT_MESSAGE_LIMIT],
-        )
+        try:
+            cluster.post_event(body, event.type, event.reason, event.message)
+        except ApiError as exc:  # Events are best effort; status carries the same facts
+            logger.debug("could not post %s Event: %s", event.reason, exc)
 
 
 def _handle(
     body: kopf.Body, patch: kopf.Patch, logger: logging.Logger | logging.LoggerAdapter[Any]
 ) -> None:
     cfg = get_settings()
+    cluster = get_cluster()
     key = (body.metadata.namespace or "", body.metadata.name or "")
     with _serialised(key):
-        result = reconcile_body(body, get_cluster(), cfg, datetime.now(UTC).replace(microsecond=0))
+        result = reconcile_body(body, cluster, cfg, datetime.now(UTC).replace(microsecond=0))
     update = status_patch(result, body)
     if update is not None:
         patch.status.update(update)
-    _post(body, result, logger)
+    _post(cluster, body, result, logger)
     if result.error is not None:
         raise_for_kopf(result.error, delay=cfg.retry_delay)
 
@@ -217,18 +218,36 @@ def reconcile_owner(
                 cluster.patch_model_status(namespace, name, update)
             except ApiError as exc:
                 logger.warning("cannot write status of %s/%s: %s", namespace, name, exc)
-    _post(body, result, logger)
+    _post(cluster, body, result, logger)
     if result.error is not None and not isinstance(result.error, InvalidSpec | NotReady):
         # The owner's timer retries; this child event has nothing to retry.
         logger.warning("reconcile of %s/%s failed: %s", namespace, name, result.error)
 
 
-@kopf.on.event("", "v1", "configmaps", labels={LABEL_MANAGED_BY: MANAGED_BY})
-@kopf.on.event("", "v1", "persistentvolumeclaims", labels={LABEL_MANAGED_BY: MANAGED_BY})
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
-@kopf.on.event("", "v1", "services", labels={LABEL_MANAGED_BY: MANAGED_BY})
-@kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY})
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={LABEL_MANAGED_BY: MANAGED_BY})
+def resync(namespaces: tuple[str, ...], logger: logging.Logger) -> int:
+    """Reconcile every resource once; returns how many were seen."""
+    names = [
+        (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
+        for obj in get_cluster().list_models(namespaces)
+    ]
+    for namespace, name in names:
+        reconcile_owner(namespace, name, logger)
+    return len(names)
+
+
+def resync_forever(stop: threading.Event) -> None:
+    """Every KUBEACCEL_RESYNC_SECONDS, reconcile everything (a safety net for lost events)."""
+    cfg = get_settings()
+    logger = logging.getLogger("kubeaccel_operator.resync")
+    while not stop.wait(cfg.resync_seconds):
+        try:
+            count = resync(cfg.namespaces, logger)
+        except ApiError as exc:
+            logger.warning("resync failed, retrying at the next interval: %s", exc)
+        else:
+            logger.debug("resync reconciled %d resource(s)", count)
+
+
 def on_child_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     """A child changed (status, hand edit, deletion): reconcile its owner now."""
     if type is None:
@@ -236,3 +255,9 @@ def on_child_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: 
     owner = owner_of(body)
     if owner is not None:
         reconcile_owner(*owner, logger)
+
+
+# Every kind of child the operator creates (settings.OWNED_KINDS, the same list the startup
+# hook gives server-side label selectors).
+for _group, _version, _plural in OWNED_KINDS:
+    kopf.on.event(_group, _version, _plural, labels={LABEL_MANAGED_BY: MANAGED_BY})(on_child_event)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -44,6 +46,7 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # Immutable after creation (Job pod templates, claim specs): created, never patched.
 CREATE_ONLY = frozenset({"Job", "PersistentVolumeClaim"})
 TIMEOUT = (5.0, 30.0)
+EVENT_MESSAGE_LIMIT = 1024
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +78,15 @@ RESOURCES: dict[str, ApiResource] = {
     "Deployment": ApiResource("apps", "v1", "deployments"),
     "PodDisruptionBudget": ApiResource("policy", "v1", "poddisruptionbudgets"),
     "Pod": ApiResource("", "v1", "pods"),
+    "Event": ApiResource("", "v1", "events"),
     "AcceleratedModel": ApiResource(GROUP, VERSION, PLURAL),
 }
 
 Permission = tuple[str, str, frozenset[str]]
 
 # kopf itself: it watches and patches the resource (progress annotations, status) and
-# posts Events. Resource scanning is disabled in the startup hook, so no CRD or
-# namespace access is needed; kopf runs standalone, so no kopfpeerings.
+# posts Events for warnings in logs. Resource scanning is disabled in the startup hook,
+# so no CRD or namespace access is needed; kopf runs standalone, so no kopfpeerings.
 FRAMEWORK_PERMISSIONS: tuple[Permission, ...] = (
     ("", "events", frozenset({"create"})),
     (GROUP, PLURAL, frozenset({"list", "watch", "patch"})),
@@ -91,7 +95,10 @@ FRAMEWORK_PERMISSIONS: tuple[Permission, ...] = (
 # The reconciler (this module) and the child-event handlers, which watch every kind of
 # child (list + watch, filtered server-side by the managed-by label).
 APPLICATION_PERMISSIONS: tuple[Permission, ...] = (
-    (GROUP, PLURAL, frozenset({"get"})),
+    # get: the owner of a changed child; list: the periodic resync.
+    (GROUP, PLURAL, frozenset({"get", "list"})),
+    # Transition Events (Optimizing, Optimized, Deploying, Ready, Degraded, failures).
+    ("", "events", frozenset({"create"})),
     ("", "configmaps", frozenset({"get", "list", "watch", "create", "patch", "delete"})),
     # Claims are created (server-side apply: create + patch) and never changed or deleted.
     ("", "persistentvolumeclaims", frozenset({"get", "list", "watch", "create", "patch"})),
@@ -146,6 +153,14 @@ class Cluster(Protocol):
 
     def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch the resource's status subresource."""
+        ...
+
+    def list_models(self, namespaces: Iterable[str]) -> list[dict[str, Any]]:
+        """Every AcceleratedModel in `namespaces` (empty: the whole cluster)."""
+        ...
+
+    def post_event(self, owner: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        """Record a Kubernetes Event on `owner`."""
         ...
 
 
@@ -294,7 +309,7 @@ class KubeClient:
         parsed = json.loads(data) if data else {}
         return parsed if isinstance(parsed, dict) else {}
 
-    def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
         """Objects of `kind` in `namespace` matching the label selector."""
         path = RESOURCES[kind].path(namespace)
         items = self._request("GET", path, query=[("labelSelector", selector)], kind=kind)
@@ -348,7 +363,7 @@ class KubeClient:
         for kind in CHILD_KINDS:
             objects[kind] = {
                 obj["metadata"]["name"]: obj
-                for obj in self.list(kind, ns, selector)
+                for obj in self.list_objects(kind, ns, selector)
                 if owned_by(obj, uid)
             }
         artifact = artifact_id(res.spec)
@@ -357,7 +372,7 @@ class KubeClient:
         pending = needs_job_message(res, artifact)
         observed_job = objects["Job"].get(job)
         if pending and observed_job is not None and _job_finished(observed_job):
-            pods = self.list("Pod", ns, f"{JOB_NAME_LABEL}={job}")
+            pods = self.list_objects("Pod", ns, f"{JOB_NAME_LABEL}={job}")
             messages[job] = last_termination_message(pods, OPTIMIZER_CONTAINER)
         claim_present: bool | None = None
         claim = res.spec.storage.pvc.claim_name
@@ -395,6 +410,27 @@ class KubeClient:
         """The raw AcceleratedModel, or None when it is gone."""
         return self.get("AcceleratedModel", namespace, name)
 
+    def list_models(self, namespaces: Iterable[str]) -> list[dict[str, Any]]:
+        """Every AcceleratedModel in `namespaces` (empty: the whole cluster)."""
+        res = RESOURCES["AcceleratedModel"]
+        paths = [res.path(ns) for ns in namespaces] or [f"/apis/{GROUP}/{VERSION}/{PLURAL}"]
+        items: list[dict[str, Any]] = []
+        for path in paths:
+            items += self._request("GET", path, kind="AcceleratedModel").get("items") or []
+        return items
+
+    def post_event(self, owner: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        """Record an Event on `owner` (core/v1, as kubectl describe shows them)."""
+        event = event_for(owner, type, reason, message, datetime.now(UTC))
+        self._request(
+            "POST",
+            RESOURCES["Event"].path(owner["metadata"]["namespace"]),
+            body=event,
+            content_type="application/json",
+            kind="Event",
+            name=owner["metadata"]["name"],
+        )
+
     def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch the status subresource."""
         self._request(
@@ -405,6 +441,35 @@ class KubeClient:
             kind="AcceleratedModel",
             name=name,
         )
+
+
+def event_for(
+    owner: Mapping[str, Any], type: str, reason: str, message: str, now: datetime
+) -> dict[str, Any]:
+    """A core/v1 Event about `owner` (the form `kubectl describe` shows)."""
+    meta = owner["metadata"]
+    stamp = now.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": owner.get("apiVersion", ""),
+            "kind": owner.get("kind", ""),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid", ""),
+        },
+        "type": type,
+        "reason": reason,
+        "message": message[:EVENT_MESSAGE_LIMIT],
+        "source": {"component": MANAGED_BY},
+        "reportingComponent": MANAGED_BY,
+        "reportingInstance": socket.gethostname(),
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
 
 
 def _error_message(data: bytes | None) -> str:

@@ -62,6 +62,11 @@ class Settings(BaseModel):
     workers: int = Field(
         default=8, ge=1, le=256, description="Handler threads (concurrent reconciles)."
     )
+    resync_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds between full re-checks of every resource (0: only on events).",
+    )
     retry_delay: float = Field(
         default=15.0, gt=0, description="Seconds before retrying after a temporary error."
     )

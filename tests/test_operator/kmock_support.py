@@ -128,6 +128,8 @@ class KubeEmulator(k8s.KubernetesEmulator):
 
     # Act as the Job controller + kubelet and the Deployment controller (for benchmarks).
     auto_controllers: bool = False
+    # Kinds whose changes watchers never see (to simulate lost watch events).
+    mute: set[str] = attrs.field(factory=set)
     HISTORY = 20000
     _revision: int = attrs.field(default=0, init=False)
     _uids: set[str] = attrs.field(factory=set, init=False)
@@ -176,6 +178,8 @@ class KubeEmulator(k8s.KubernetesEmulator):
         return copy.deepcopy(self.objects[key].raw)
 
     async def _publish(self, resource: references.resource, event: dict[str, Any]) -> None:
+        if self._info(resource).kind in self.mute:
+            return
         history = self._history.setdefault(resource, [])
         history.append(event)
         del history[: -self.HISTORY]

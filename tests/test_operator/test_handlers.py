@@ -6,7 +6,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import kopf
@@ -31,6 +31,7 @@ class FakeCluster:
         self.claim_present: bool | None = None
         self.applied: list[Plan] = []
         self.status_patches: list[Mapping[str, Any]] = []
+        self.events: list[tuple[str, str, str, str]] = []  # (object, type, reason, message)
         self.reads = 0
 
     def observe(self, res: AcceleratedModel) -> Observed:
@@ -56,6 +57,12 @@ class FakeCluster:
         self.reads += 1
         return copy.deepcopy(self.model)
 
+    def list_models(self, namespaces: Iterable[str]) -> list[dict[str, Any]]:
+        return [copy.deepcopy(self.model)] if self.model is not None else []
+
+    def post_event(self, owner: Mapping[str, Any], type: str, reason: str, message: str) -> None:
+        self.events.append((owner["metadata"]["name"], type, reason, message))
+
     def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.status_patches.append(dict(status))
         assert self.model is not None
@@ -64,16 +71,9 @@ class FakeCluster:
 
 
 @pytest.fixture
-def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str, str]]:
-    """Events the handlers post: (object name, type, reason, message)."""
-    posted: list[tuple[str, str, str, str]] = []
-
-    def fake_event(obj: Mapping[str, Any], *, type: str, reason: str, message: str = "") -> None:
-        posted.append((obj["metadata"]["name"], type, reason, message))
-
-    # kopf.event needs a running operator's queue; the KMock tests cover the real one.
-    monkeypatch.setattr(handlers.kopf, "event", fake_event)
-    return posted
+def events(fake: FakeCluster) -> list[tuple[str, str, str, str]]:
+    """Events the handlers posted: (object name, type, reason, message)."""
+    return fake.events
 
 
 @pytest.fixture
@@ -248,3 +248,19 @@ def test_child_events_arriving_while_one_is_queued_are_coalesced(
         handlers.reconcile_owner(NS, NAME, LOG)
     first.join(5)
     assert fake.reads == 1
+
+
+def test_resync_reconciles_every_resource_it_lists(fake: FakeCluster, events: list[Any]) -> None:
+    assert handlers.resync((), LOG) == 1
+    assert fake.status_patches[-1]["phase"] == "Optimizing"
+    fake.model = None
+    assert handlers.resync((NS,), LOG) == 0
+
+
+def test_an_event_that_cannot_be_posted_does_not_fail_the_reconcile(fake: FakeCluster) -> None:
+    def refuse(*_: Any) -> None:
+        raise ApiError(403, "events is forbidden")
+
+    fake.post_event = refuse  # type: ignore[method-assign]
+    patch = run(body(GPU2))
+    assert patch["status"]["phase"] == "Optimizing"

@@ -309,3 +309,47 @@ def test_an_unreachable_api_server_is_a_temporary_error() -> None:
     with pytest.raises(ApiError) as err:
         client.get("ConfigMap", NS, "x")
     assert err.value.status == 0 and err.value.temporary
+
+
+def test_an_event_names_its_object_reason_and_source() -> None:
+    owner = {
+        "apiVersion": "kubeaccel.io/v1alpha1",
+        "kind": "AcceleratedModel",
+        "metadata": {"name": NAME, "namespace": NS, "uid": "u-1"},
+    }
+    event = kube.event_for(owner, "Warning", "Degraded", "x" * 2000, NOW)
+    host = event.pop("reportingInstance")
+    assert isinstance(host, str) and host
+    assert event == {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{NAME}.", "namespace": NS},
+        "involvedObject": {
+            "apiVersion": "kubeaccel.io/v1alpha1",
+            "kind": "AcceleratedModel",
+            "name": NAME,
+            "namespace": NS,
+            "uid": "u-1",
+        },
+        "type": "Warning",
+        "reason": "Degraded",
+        "message": "x" * 1024,
+        "source": {"component": "kubeaccel-operator"},
+        "reportingComponent": "kubeaccel-operator",
+        "firstTimestamp": "2025-01-02T03:04:05Z",
+        "lastTimestamp": "2025-01-02T03:04:05Z",
+        "count": 1,
+    }
+
+
+def test_events_are_posted_and_resources_listed_per_namespace_or_cluster_wide(
+    cluster: Live,
+) -> None:
+    owner = cluster.client.get_model(NS, NAME)
+    assert owner is not None
+    cluster.client.post_event(owner, "Normal", "Ready", "all shards serving")
+    posted = cluster.api.list("Event", NS)
+    assert [(e["reason"], e["involvedObject"]["uid"]) for e in posted] == [("Ready", cluster.uid)]
+    assert [m["metadata"]["name"] for m in cluster.client.list_models([NS])] == [NAME]
+    assert [m["metadata"]["name"] for m in cluster.client.list_models([])] == [NAME]
+    assert cluster.client.list_models(["elsewhere"]) == []

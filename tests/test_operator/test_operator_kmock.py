@@ -373,3 +373,20 @@ def test_an_invalid_resource_fails_with_the_field_path_and_recovers_when_fixed(e
     wait_for(
         lambda: env.condition("Validated").get("status") == "True", "Validated=True after the fix"
     )
+
+
+def test_a_lost_watch_event_is_recovered_by_the_periodic_resync(env: Env) -> None:
+    env.operator.env["KUBEACCEL_RESYNC_SECONDS"] = "1"
+    env.operator.start()
+    emulator = env.emu.emulator
+    assert emulator is not None
+    wait_for(
+        lambda: any(
+            c[1:] == ("watch", "kubeaccel.io", "acceleratedmodels") for c in emulator.calls
+        ),
+        "kopf watching AcceleratedModels",
+    )
+    emulator.mute.add("AcceleratedModel")  # kopf never hears of the new resource
+    env.api.create(manifest())
+    one_job(env, aid_of(SPEC))
+    wait_for(lambda: env.status().get("phase") == "Optimizing", "status from the resync")
