@@ -76,3 +76,12 @@ def test_crd_write_writes_both_copies_under_the_root(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "crds" / "acceleratedmodels.kubeaccel.io.yaml").is_file()
     assert (tmp_path / "charts" / "kubeaccel" / "templates" / "crd.yaml").is_file()
+
+
+def test_validate_accepts_every_example_in_one_call() -> None:
+    examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+    assert examples, "examples/*.yaml missing"
+    args = [arg for path in examples for arg in ("-f", str(path))]
+    result = _kubeaccel("validate", *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("✓") == len(examples)
