@@ -6,13 +6,14 @@ stay byte for byte. No torch here: `--sync-only` runs without training anything.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kubeaccel_runtime.artifact_manifest import sha256_file
 
 FILE_SCHEME = "file://"
 _DIGEST_LINE = re.compile(
@@ -35,15 +36,6 @@ class DigestChange:
     new: str
     rewritten: bool
     note: str = ""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Lower-case hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def local_path(uri: str, base: Path) -> Path | None:
