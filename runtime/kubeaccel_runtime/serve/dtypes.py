@@ -7,20 +7,13 @@ from typing import Any, Final
 import numpy as np
 from kubeaccel_api.v1alpha1 import DType
 
-OIP_NAME: Final[dict[DType, str]] = {
-    DType.FLOAT32: "FP32",
-    DType.FLOAT16: "FP16",
-    DType.FLOAT64: "FP64",
-    DType.INT8: "INT8",
-    DType.UINT8: "UINT8",
-    DType.INT16: "INT16",
-    DType.INT32: "INT32",
-    DType.INT64: "INT64",
-    DType.BOOL: "BOOL",
-}
-FROM_OIP: Final[dict[str, DType]] = {v: k for k, v in OIP_NAME.items()}
+from kubeaccel_runtime.client import oip_datatype
 
 NUMPY: Final[dict[DType, np.dtype[Any]]] = {d: np.dtype(d.value) for d in DType}
+
+# The OIP v2 names come from the client's table, the one the wire format is decoded with.
+OIP_NAME: Final[dict[DType, str]] = {d: oip_datatype(NUMPY[d]) for d in DType}
+FROM_OIP: Final[dict[str, DType]] = {v: k for k, v in OIP_NAME.items()}
 
 # onnxruntime's NodeArg.type strings.
 FROM_ORT: Final[dict[str, DType]] = {
@@ -34,7 +27,6 @@ FROM_ORT: Final[dict[str, DType]] = {
     "tensor(int64)": DType.INT64,
     "tensor(bool)": DType.BOOL,
 }
-FROM_NUMPY: Final[dict[np.dtype[Any], DType]] = {v: k for k, v in NUMPY.items()}
 
 
 def is_float(dtype: DType) -> bool:
