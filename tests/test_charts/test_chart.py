@@ -6,7 +6,6 @@ registry reachable here ships, so there are no charts/kubeaccel/tests/ suites).
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
@@ -18,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 from kubeaccel_api.version import __version__
+from kubeaccel_operator.kube import REQUIRED_PERMISSIONS
+from kubeaccel_operator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kubeaccel"
@@ -78,17 +79,8 @@ def grants(roles: Iterable[dict[str, Any]]) -> Grants:
 
 def required_permissions() -> Grants:
     """kubeaccel_operator.kube.REQUIRED_PERMISSIONS merged by (apiGroup, resource)."""
-    try:
-        kube = importlib.import_module("kubeaccel_operator.kube")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("kubeaccel_operator.kube", "kubeaccel_operator"):
-            raise
-        pytest.skip("kubeaccel_operator.kube does not exist yet (operator not built)")
-    declared = getattr(kube, "REQUIRED_PERMISSIONS", None)
-    if declared is None:
-        pytest.skip("kubeaccel_operator.kube does not export REQUIRED_PERMISSIONS yet")
     merged: dict[tuple[str, str], set[str]] = {}
-    for group, resource, verbs in declared:
+    for group, resource, verbs in REQUIRED_PERMISSIONS:
         merged.setdefault((group, resource), set()).update(verbs)
     return {key: frozenset(verbs) for key, verbs in merged.items()}
 
@@ -534,22 +526,16 @@ def test_notes_tell_the_user_the_next_commands(render: Render, tmp_path: Path) -
 def test_the_operator_accepts_every_setting_the_chart_gives_it(
     render: Render, watch: list[str]
 ) -> None:
-    try:
-        settings_module = importlib.import_module("kubeaccel_operator.settings")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("kubeaccel_operator.settings", "kubeaccel_operator"):
-            raise
-        pytest.skip("kubeaccel_operator.settings does not exist yet (operator not built)")
     container = operator_container(render({"watchNamespaces": watch}))
     env = env_of(container)
-    fields = set(settings_module.Settings.model_fields)
+    fields = set(Settings.model_fields)
     unknown = [
         name
         for name in env
         if name.startswith("KUBEACCEL_") and name.removeprefix("KUBEACCEL_").lower() not in fields
     ]
     assert not unknown, f"the operator reads no setting named {unknown}"
-    settings = settings_module.Settings.from_env(env)
+    settings = Settings.from_env(env)
     assert tuple(settings.namespaces) == tuple(sorted(watch))
     assert settings.runtime_image == f"kubeaccel/runtime:{__version__}"
     assert settings.optimizer_image == settings.runtime_image

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kubeaccel_operator.manifests import common
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_DOCKERFILES = [ROOT / "runtime" / "Dockerfile", ROOT / "runtime" / "Dockerfile.gpu"]
@@ -245,9 +246,5 @@ def test_images_chart_and_operator_agree_on_the_non_root_uid() -> None:
     }
     chart_uid = yaml.safe_load((ROOT / "charts/kubeaccel/values.yaml").read_text())["runAsUser"]
     assert set(uids.values()) == {str(chart_uid)}, uids
-    try:
-        from kubeaccel_operator.manifests import common
-    except ModuleNotFoundError:
-        pytest.skip("kubeaccel_operator.manifests.common does not exist yet")
     # The pods the operator creates run the runtime image as this uid.
     assert chart_uid == common.POD_UID
