@@ -194,6 +194,11 @@ def model_inputs(model: ModelProto) -> list[TensorInfo]:
     return tensor_infos(graph_inputs(model))
 
 
+def fixed_batch(model: ModelProto) -> int | None:
+    """The first fixed leading (batch) dimension among the real inputs; None if all are dynamic."""
+    return next((t.shape[0] for t in model_inputs(model) if t.shape and t.shape[0] > 0), None)
+
+
 def model_outputs(model: ModelProto) -> list[TensorInfo]:
     """The model's outputs as TensorInfo."""
     return tensor_infos(list(model.graph.output))

@@ -323,15 +323,15 @@ class _Job:
         return Chain([session], [o.name for o in session.get_outputs()]), provider
 
     def eval_batch(self, model: ModelProto) -> int:
-        fixed = [t.shape[0] for t in onnx_io.model_inputs(model) if t.shape and t.shape[0] > 0]
-        return fixed[0] if fixed else accuracy.EVAL_BATCH
+        fixed = onnx_io.fixed_batch(model)
+        return fixed if fixed is not None else accuracy.EVAL_BATCH
 
     def bench_batches(
         self, model: ModelProto, samples: sample_data.Samples
     ) -> dict[int, sample_data.Feeds]:
-        fixed = [t.shape[0] for t in onnx_io.model_inputs(model) if t.shape and t.shape[0] > 0]
-        if fixed:
-            sizes = [fixed[0]]
+        fixed = onnx_io.fixed_batch(model)
+        if fixed is not None:
+            sizes = [fixed]
         else:
             batching = self.spec.runtime.batching
             limit = batching.max_batch_size if batching.enabled else self.spec.limits.max_batch

@@ -58,13 +58,6 @@ class _Reader(CalibrationDataReader):  # type: ignore[misc]
         self._it = self._reader.batches(self._batch)
 
 
-def _fixed_batch(model: ModelProto) -> int | None:
-    for info in onnx_io.model_inputs(model):
-        if info.shape and info.shape[0] > 0:
-            return info.shape[0]
-    return None
-
-
 def _pre_process(src: Path, dst: Path) -> str:
     """Shape inference + light optimization the quantizer needs (symbolic inference first)."""
     try:
@@ -130,7 +123,7 @@ def quantize_dynamic_int8(model: ModelProto, config: DynamicQuantConfig) -> Stag
 
 def quantize_static_int8(model: ModelProto, config: StaticQuantConfig) -> StageOutput:
     """Static INT8 QDQ (u8 activations, s8 per-channel weights) calibrated on samples."""
-    fixed = _fixed_batch(model)
+    fixed = onnx_io.fixed_batch(model)
     batch = fixed if fixed is not None else CALIBRATION_BATCH
     samples = config.calibration
     if fixed is not None and fixed != 1 and samples.count % fixed:
