@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from kubeaccel_runtime.client import oip_datatype
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "kubeaccel"
@@ -245,17 +247,7 @@ def infer_body(resource: dict[str, Any], batch: int = 1) -> dict[str, Any]:
         count = 1
         for d in shape:
             count *= d
-        datatype = {
-            "float32": "FP32",
-            "float16": "FP16",
-            "float64": "FP64",
-            "int64": "INT64",
-            "int32": "INT32",
-            "int8": "INT8",
-            "uint8": "UINT8",
-            "int16": "INT16",
-            "bool": "BOOL",
-        }[spec["dtype"]]
+        datatype = oip_datatype(np.dtype(spec["dtype"]))
         value: Any = False if datatype == "BOOL" else 0
         inputs.append(
             {"name": spec["name"], "shape": shape, "datatype": datatype, "data": [value] * count}
