@@ -212,17 +212,10 @@ def optimization_outcome(
     serving the artifact. A Job is never re-created for an artifact that already
     succeeded or failed.
     """
+    recorded = _recorded_outcome(old, artifact)
+    if recorded is not None:
+        return recorded
     name = job_name(res.metadata.name, artifact)
-    if old.optimization is not None and old.optimization.artifact_id == artifact:
-        summary = old.optimization
-        return Outcome(JobState.SUCCEEDED, "Optimized", _success_message(summary), summary)
-    optimized = get_condition(old.conditions, ConditionType.OPTIMIZED)
-    if (
-        old.artifact_id == artifact
-        and optimized is not None
-        and optimized.status is ConditionStatus.FALSE
-    ):
-        return Outcome(JobState.FAILED, optimized.reason, optimized.message)
     job = observed.get("Job", name)
     if job is not None and _labels(job).get(LABEL_ARTIFACT) == artifact:
         message = observed.messages.get(name, "")
@@ -260,6 +253,21 @@ def optimization_outcome(
             f"PersistentVolumeClaim {claim} (spec.storage.pvc.claimName) does not exist yet",
         )
     return Outcome(JobState.CREATE, "JobCreated", f"Job {name} optimizes artifact {artifact}")
+
+
+def _recorded_outcome(old: AcceleratedModelStatus, artifact: str) -> Outcome | None:
+    """The success or failure of `artifact` that status already records, if any."""
+    if old.optimization is not None and old.optimization.artifact_id == artifact:
+        summary = old.optimization
+        return Outcome(JobState.SUCCEEDED, "Optimized", _success_message(summary), summary)
+    optimized = get_condition(old.conditions, ConditionType.OPTIMIZED)
+    if (
+        old.artifact_id == artifact
+        and optimized is not None
+        and optimized.status is ConditionStatus.FALSE
+    ):
+        return Outcome(JobState.FAILED, optimized.reason, optimized.message)
+    return None
 
 
 def _success_message(summary: OptimizationStatus) -> str:
@@ -300,16 +308,7 @@ def _template_hash(deployment: Mapping[str, Any]) -> str | None:
 
 def needs_job_message(res: AcceleratedModel, artifact: str) -> bool:
     """Whether a finished Job's termination message still has to be read."""
-    old = res.status or AcceleratedModelStatus()
-    if old.optimization is not None and old.optimization.artifact_id == artifact:
-        return False
-    optimized = get_condition(old.conditions, ConditionType.OPTIMIZED)
-    recorded_failure = (
-        old.artifact_id == artifact
-        and optimized is not None
-        and optimized.status is ConditionStatus.FALSE
-    )
-    return not recorded_failure
+    return _recorded_outcome(res.status or AcceleratedModelStatus(), artifact) is None
 
 
 def check_supported(res: AcceleratedModel) -> None:
