@@ -24,6 +24,7 @@ from kubeaccel_runtime.loadgen import LoadSpec
 from kubeaccel_runtime.loadgen import run as run_load
 from kubeaccel_runtime.local.run import RunPaths, read_state
 from kubeaccel_runtime.optimize.chart import write_chart
+from kubeaccel_runtime.optimize.source import pvc_root, resolve
 from kubeaccel_runtime.specfile import load_one
 
 SPEC = Path("examples/cnn.yaml")
@@ -37,7 +38,11 @@ def _kubeaccel(*args: str) -> int:
 
 
 def _local_path(uri: str) -> Path:
-    return Path(uri.removeprefix("file://"))
+    """The local file a file:// or pvc:// URI names, resolved as the optimizer does."""
+    location = resolve(uri, cwd=Path.cwd(), pvc=pvc_root())
+    if location.path is None:
+        raise ValueError(f"{uri}: the demo reads local files only")
+    return location.path
 
 
 def served_predictions(
@@ -74,7 +79,7 @@ def main() -> int:
     paths = RunPaths(WORKDIR.resolve(), name)
     try:
         state = read_state(paths)
-        base = str(state["endpoint"]).split("/v2/")[0]
+        base = state["endpoint"].split("/v2/")[0]
         validation_uri = resource.spec.optimization.validation.uri or ""
         with np.load(_local_path(validation_uri)) as data:
             images, labels = data["input"], data["labels"]
@@ -103,7 +108,7 @@ def main() -> int:
         )
 
         console.rule("4. before/after chart")
-        artifact = Path(str(state["artifact"]))
+        artifact = Path(state["artifact"])
         report = json.loads((artifact / "report.json").read_text())
         write_chart(report, REPORT_PNG)
         console.print(f"wrote {REPORT_PNG}")

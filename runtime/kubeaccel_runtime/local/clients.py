@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kubeaccel_runtime.client import OIP_TO_NUMPY, InferenceClient, OipDecodeError, OipError
+from kubeaccel_runtime.loadgen import LoadError, LoadSpec, inputs_from_metadata, run
 
 NDArray = np.ndarray[Any, Any]
 
@@ -40,23 +41,13 @@ def split_endpoint(endpoint: str, model: str | None) -> tuple[str, str]:
 
 
 def random_inputs(metadata: dict[str, Any], batch: int, seed: int) -> dict[str, NDArray]:
-    """Inputs shaped by the model's metadata, dynamic dims set to `batch`, values in [0, 1)."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, NDArray] = {}
+    """Inputs shaped by the model's metadata (batch dim = `batch`), values in [0, 1)."""
     for spec in metadata.get("inputs", []):
-        shape = [batch if int(d) < 0 else int(d) for d in spec["shape"]]
-        dtype = OIP_TO_NUMPY.get(spec["datatype"])
-        if dtype is None:
+        if spec["datatype"] not in OIP_TO_NUMPY:
             raise ClientInputError(
                 f"input {spec['name']!r}: unsupported datatype {spec['datatype']}"
             )
-        if dtype.kind == "f":
-            out[spec["name"]] = rng.random(shape).astype(dtype)
-        elif dtype.kind == "b":
-            out[spec["name"]] = rng.random(shape) < 0.5
-        else:
-            out[spec["name"]] = rng.integers(0, 2, size=shape).astype(dtype)
-    return out
+    return inputs_from_metadata(metadata, batch, seed)
 
 
 def file_inputs(path: Path, metadata: dict[str, Any]) -> dict[str, NDArray]:
@@ -147,8 +138,6 @@ def bench(
     output_json: bool,
 ) -> None:
     """Load-test an endpoint on a bounded budget; print p50/p90/p99 and requests/s."""
-    from kubeaccel_runtime.loadgen import LoadError, LoadSpec, run
-
     err = Console(stderr=True)
     try:
         base, name = split_endpoint(endpoint, model)

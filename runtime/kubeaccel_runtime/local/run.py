@@ -11,14 +11,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TypedDict
 
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 from rich.console import Console
 
+from kubeaccel_runtime.artifact_manifest import read_manifest
 from kubeaccel_runtime.local.supervisor import Chain, ChainConfig, ShardFailed, plan_ports
 from kubeaccel_runtime.optimize.pipeline import OptimizeResult
 
 STATE_FILE = "run.json"
+
+
+class RunState(TypedDict):
+    """What a ready local run publishes in its state file."""
+
+    pid: int
+    endpoint: str
+    artifact: str
+    shardPids: list[int]
 
 
 class RunError(RuntimeError):
@@ -92,9 +103,7 @@ def serve_foreground(
     console: Console,
 ) -> int:
     """Start the chain, wait until ready, serve until a signal; stop every child on the way out."""
-    shards = resource.spec.optimization.partition.shards
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    shards = len(manifest.get("shards", [])) or shards
+    shards = len(read_manifest(artifact).shards)
     cfg = ChainConfig(
         artifact_dir=artifact,
         spec_file=paths.spec_file,
@@ -111,7 +120,7 @@ def serve_foreground(
         with console.status(f"starting {shards} shard(s)…"):
             chain.wait_ready(ready_timeout)
         endpoint = f"{chain.endpoint}/v2/models/{resource.metadata.name}"
-        state = {
+        state: RunState = {
             "pid": os.getpid(),
             "endpoint": endpoint,
             "artifact": str(artifact),
@@ -140,7 +149,7 @@ def serve_foreground(
 
 def start_detached(
     spec_path: Path, paths: RunPaths, *, port: int | None, ready_timeout: float
-) -> dict[str, object]:
+) -> RunState:
     """Re-run `kubeaccel run` in the background as a supervisor; wait until it is ready."""
     paths.root.mkdir(parents=True, exist_ok=True)
     paths.state.unlink(missing_ok=True)
@@ -168,10 +177,10 @@ def start_detached(
     raise RunError(f"the local run was not ready after {ready_timeout:.0f} s (log: {log})")
 
 
-def read_state(paths: RunPaths) -> dict[str, object]:
+def read_state(paths: RunPaths) -> RunState:
     """The state a running local run published (pid, endpoint, artifact, shard pids)."""
     try:
-        state: dict[str, object] = json.loads(paths.state.read_text())
+        state: RunState = json.loads(paths.state.read_text())
     except (OSError, ValueError) as exc:
         raise RunError(f"no running local run under {paths.root}: {exc}") from None
     return state
@@ -181,8 +190,8 @@ def stop_detached(paths: RunPaths, timeout: float = 30.0) -> bool:
     """SIGTERM a detached run's supervisor and wait for it (and its shards) to go."""
     if not paths.state.exists():
         return False
-    state = json.loads(paths.state.read_text())
-    pids = [int(state["pid"]), *(int(p) for p in state.get("shardPids", []))]
+    state = read_state(paths)
+    pids = [state["pid"], *state["shardPids"]]
     try:
         os.kill(pids[0], signal.SIGTERM)
     except ProcessLookupError:
