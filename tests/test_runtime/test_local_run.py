@@ -116,6 +116,22 @@ def test_run_serves_two_chained_shards_like_the_original_and_sigterm_leaves_no_c
             served = client.infer("tiny", {"input": x}).outputs["logits"]
         assert served.shape == expected.shape
         assert float(np.abs(served - expected).max()) <= BUDGET
+
+        # The user-facing clients against the same chain.
+        np.save(mlp_dir / "x.npy", x)
+        infer = _kubeaccel(mlp_dir, "infer", "--endpoint", state["endpoint"], "--file", "x.npy")
+        assert infer.returncode == 0, infer.stderr
+        assert "logits: shape=[5, 10] dtype=float32" in infer.stdout
+        rand = _kubeaccel(mlp_dir, "infer", "--endpoint", base, "--model", "tiny", "--random")
+        assert rand.returncode == 0 and "logits: shape=[1, 10]" in rand.stdout, rand.stderr
+        bench = _kubeaccel(
+            mlp_dir, "bench", "--endpoint", state["endpoint"], "--requests", "40",
+            "--concurrency", "4", "--output-json",
+        )  # fmt: skip
+        assert bench.returncode == 0, bench.stderr
+        figures = json.loads(bench.stdout)
+        assert figures["requests"] >= 40 and figures["errors"] == 0
+        assert figures["p50_ms"] <= figures["p99_ms"]
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
@@ -212,3 +228,17 @@ def test_a_shard_that_crashes_at_start_is_named_and_no_process_is_left(mlp_dir: 
     assert re.search(r"shard [01] \(port \d+\) exited with code 1", text), text
     assert "sha256" in text
     assert all(not _alive(p) for p in _children_of(os.getpid()))
+
+
+def test_infer_and_bench_fail_clearly_on_bad_arguments_or_no_server(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/v2/models/m"
+    both = _kubeaccel(tmp_path, "infer", "--endpoint", closed, "--random", "--file", "x.npy")
+    assert both.returncode == 1 and "exactly one of --random or --file" in both.stderr
+    no_model = _kubeaccel(tmp_path, "infer", "--endpoint", "http://127.0.0.1:1", "--random")
+    assert no_model.returncode == 1 and "no model name" in no_model.stderr
+    down = _kubeaccel(tmp_path, "infer", "--endpoint", closed, "--random")
+    assert down.returncode == 1 and "cannot reach" in down.stderr
+    bench = _kubeaccel(tmp_path, "bench", "--endpoint", closed, "--requests", "5")
+    assert bench.returncode == 1 and "cannot reach" in bench.stderr
