@@ -38,7 +38,13 @@ from kubeaccel_operator.manifests.common import (
     stable_hash,
 )
 from kubeaccel_operator.manifests.job import CONTAINER as OPTIMIZER_CONTAINER
-from kubeaccel_operator.reconcile import CHILD_KINDS, Observed, Plan, needs_job_message
+from kubeaccel_operator.reconcile import (
+    CHILD_KINDS,
+    Observed,
+    Plan,
+    job_condition,
+    needs_job_message,
+)
 
 FIELD_MANAGER = MANAGED_BY
 ANNOTATION_APPLIED = f"{GROUP}/applied-hash"
@@ -250,10 +256,7 @@ def last_termination_message(pods: Iterable[Mapping[str, Any]], container: str) 
 
 
 def _job_finished(job: Mapping[str, Any]) -> bool:
-    return any(
-        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-        for c in job.get("status", {}).get("conditions") or []
-    )
+    return any(job_condition(job, ctype) is not None for ctype in ("Complete", "Failed"))
 
 
 # --------------------------------------------------------------------------- client

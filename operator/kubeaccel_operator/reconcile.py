@@ -141,7 +141,8 @@ def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return labels
 
 
-def _job_condition(job: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+def job_condition(job: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
+    """The Job's condition `ctype` (Complete, Failed) when it is True, else None."""
     for cond in job.get("status", {}).get("conditions") or []:
         if cond.get("type") == ctype and cond.get("status") == "True":
             return dict(cond)
@@ -219,7 +220,7 @@ def optimization_outcome(
     job = observed.get("Job", name)
     if job is not None and _labels(job).get(LABEL_ARTIFACT) == artifact:
         message = observed.messages.get(name, "")
-        if _job_condition(job, "Complete") is not None:
+        if job_condition(job, "Complete") is not None:
             summary, problem = parse_summary(message, artifact)
             warnings: tuple[Event, ...] = ()
             if problem:
@@ -227,7 +228,7 @@ def optimization_outcome(
             return Outcome(
                 JobState.SUCCEEDED, "Optimized", _success_message(summary), summary, warnings
             )
-        failed = _job_condition(job, "Failed")
+        failed = job_condition(job, "Failed")
         if failed is not None:
             reason = str(failed.get("reason") or "JobFailed")
             text = f"Job {name} failed ({reason})"
