@@ -104,13 +104,14 @@ def load(path: Path, *, check: bool = True) -> ModelProto:
             # A path lets the checker handle models over 2 GiB with external data.
             onnx.checker.check_model(str(path) if locations else model)
         except onnx.checker.ValidationError as exc:
-            raise ModelLoadError(f"{path}: invalid ONNX model: {_first_line(exc)}") from None
+            raise ModelLoadError(f"{path}: invalid ONNX model: {first_line(exc)}") from None
     if locations:
         onnx.load_external_data_for_model(model, str(path.parent))
     return model
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

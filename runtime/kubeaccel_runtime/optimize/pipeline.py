@@ -312,8 +312,9 @@ class _Job:
         try:
             session = create(model, settings)
         except Exception as exc:  # onnxruntime raises Fail/InvalidGraph/NotImplemented
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UnsupportedModel(f"onnxruntime cannot run the model: {first}") from None
+            raise UnsupportedModel(
+                f"onnxruntime cannot run the model: {onnx_io.first_line(exc)}"
+            ) from None
         provider = effective_provider(session)
         self.session_settings = SessionSettings(
             providers=tuple(dict.fromkeys((provider, "CPUExecutionProvider"))),

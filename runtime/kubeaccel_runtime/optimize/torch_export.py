@@ -192,9 +192,8 @@ def export_to_onnx(
     except UnsupportedModel:
         raise
     except Exception as exc:  # torch raises many unrelated types while loading/exporting
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModel(
-            f"{path.name}: cannot export {fmt.value} to ONNX: {message}"
+            f"{path.name}: cannot export {fmt.value} to ONNX: {onnx_io.first_line(exc)}"
         ) from None
     try:
         return onnx_io.load(out)
