@@ -220,7 +220,7 @@ def reconcile_owner(
                 logger.warning("cannot write status of %s/%s: %s", namespace, name, exc)
     _post(cluster, body, result, logger)
     if result.error is not None and not isinstance(result.error, InvalidSpec | NotReady):
-        # The owner's timer retries; this child event has nothing to retry.
+        # The periodic resync (resync_forever) retries; this child event has nothing to retry.
         logger.warning("reconcile of %s/%s failed: %s", namespace, name, result.error)
 
 

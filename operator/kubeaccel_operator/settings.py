@@ -145,7 +145,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Tune kopf: posting level, persistence keys, scanning, watch timeouts, workers."""
     cfg = get_settings()
     # Transition Events are posted explicitly with meaningful reasons; only warnings and
-    # errors from logs become Events, so timer re-checks do not spam `kubectl describe`.
+    # errors from logs become Events, so periodic re-checks do not spam `kubectl describe`.
     settings.posting.level = logging.WARNING
     # Keep kopf's bookkeeping under our own domain and out of .status (the CRD schema
     # has no room for status.kopf).
