@@ -30,39 +30,35 @@ def set_condition(conds: Sequence[Condition], new: Condition, now: datetime) -> 
     return [*rest, new.model_copy(update={"last_transition_time": since or now})]
 
 
+def _ready_verdict(
+    conds: Sequence[Condition], shards_available: bool
+) -> tuple[ConditionStatus, str, str]:
+    """(status, reason, message) of Ready: the first input not True decides, then the shards."""
+    for ctype in READY_INPUTS:
+        cond = get_condition(conds, ctype)
+        if cond is None:
+            return ConditionStatus.UNKNOWN, f"{ctype.value}Pending", f"{ctype.value} not yet known"
+        if cond.status is not ConditionStatus.TRUE:
+            # An input that is False makes Ready False; an Unknown one leaves it Unknown.
+            return cond.status, cond.reason, f"{ctype.value}: {cond.message}"
+    if not shards_available:
+        return (
+            ConditionStatus.FALSE,
+            "ShardsUnavailable",
+            "not every shard has its replicas available",
+        )
+    return ConditionStatus.TRUE, "AllShardsAvailable", "every shard is serving"
+
+
 def aggregate_ready(
     conds: Sequence[Condition], *, shards_available: bool, generation: int | None
 ) -> Condition:
     """Ready: True when every input condition is True and every shard is available."""
-    for ctype in READY_INPUTS:
-        cond = get_condition(conds, ctype)
-        if cond is None or cond.status is not ConditionStatus.TRUE:
-            status = (
-                ConditionStatus.FALSE
-                if cond and cond.status is ConditionStatus.FALSE
-                else (ConditionStatus.UNKNOWN)
-            )
-            reason = cond.reason if cond else f"{ctype.value}Pending"
-            message = f"{ctype.value}: {cond.message}" if cond else f"{ctype.value} not yet known"
-            return Condition(
-                type=ConditionType.READY,
-                status=status,
-                reason=reason,
-                message=message,
-                observed_generation=generation,
-            )
-    if not shards_available:
-        return Condition(
-            type=ConditionType.READY,
-            status=ConditionStatus.FALSE,
-            reason="ShardsUnavailable",
-            message="not every shard has its replicas available",
-            observed_generation=generation,
-        )
+    status, reason, message = _ready_verdict(conds, shards_available)
     return Condition(
         type=ConditionType.READY,
-        status=ConditionStatus.TRUE,
-        reason="AllShardsAvailable",
-        message="every shard is serving",
+        status=status,
+        reason=reason,
+        message=message,
         observed_generation=generation,
     )
