@@ -85,3 +85,28 @@ def test_validate_accepts_every_example_in_one_call() -> None:
     result = _kubeaccel("validate", *args)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("✓") == len(examples)
+
+
+def test_version_prints_the_package_version() -> None:
+    from kubeaccel_api import __version__
+
+    result = _kubeaccel("version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == __version__
+
+
+def test_help_lists_every_command_without_importing_them() -> None:
+    result = _kubeaccel("--help")
+    assert result.returncode == 0
+    for name in (
+        "bench",
+        "crd",
+        "infer",
+        "optimize",
+        "run",
+        "serve",
+        "stop",
+        "validate",
+        "version",
+    ):
+        assert name in result.stdout
