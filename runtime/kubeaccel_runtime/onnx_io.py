@@ -13,7 +13,6 @@ from onnx import ModelProto, TensorProto, ValueInfoProto
 from kubeaccel_runtime.artifact_manifest import TensorInfo
 
 # protobuf refuses messages over 2 GiB; above this, weights go to an external data file.
-PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_THRESHOLD = 1_800_000_000
 
 DTYPE_BY_ONNX: dict[int, DType] = {
@@ -131,10 +130,8 @@ def save(model: ModelProto, path: Path) -> list[Path]:
         path.write_bytes(model.SerializeToString())
         return [path]
     data_name = path.name + ".data"
-    copy = ModelProto()
-    copy.CopyFrom(model)
     onnx.save_model(
-        copy,
+        copy_model(model),
         str(path),
         save_as_external_data=True,
         all_tensors_to_one_file=True,

@@ -22,13 +22,6 @@ class Precision(StrEnum):
     INT8 = "int8"
 
 
-class QuantFormat(StrEnum):
-    """How INT8 is expressed: QDQ pairs (static) or integer ops quantizing on the fly (dynamic)."""
-
-    QDQ = "qdq"
-    DYNAMIC = "dynamic"
-
-
 # ConvInteger (what dynamic quantization makes of Conv) is 5-7x slower than FP32 Conv on the
 # CPU provider, so dynamic INT8 touches only matrix products unless asked otherwise.
 DYNAMIC_DEFAULT_OPS: tuple[str, ...] = ("MatMul", "Gemm")

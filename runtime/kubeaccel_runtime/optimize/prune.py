@@ -409,7 +409,6 @@ def prune_structured(model: ModelProto, config: StructuredPruneConfig) -> StageO
                 "fixedUp": surgery.consumers,
             }
         )
-    del out.graph.value_info[:]
     out = g.infer_shapes(out)
     try:
         onnx.checker.check_model(out)
