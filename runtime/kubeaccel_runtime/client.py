@@ -71,6 +71,35 @@ def oip_datatype(dtype: np.dtype[Any]) -> str:
         raise ValueError(f"dtype {dtype} has no OIP v2 datatype") from None
 
 
+def tensor_entry(
+    name: str, value: np.ndarray[Any, Any], binary: bool, chunks: list[bytes]
+) -> dict[str, Any]:
+    """OIP v2 tensor entry of `value`; with `binary` its raw bytes are appended to `chunks`."""
+    arr = np.asarray(value)
+    entry: dict[str, Any] = {
+        "name": name,
+        "datatype": oip_datatype(arr.dtype),
+        "shape": list(arr.shape),
+    }
+    if binary:
+        raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+        entry["parameters"] = {"binary_data_size": len(raw)}
+        chunks.append(raw)
+    else:
+        # orjson writes NaN/Inf as null: JSON has no such numbers (binary keeps them).
+        entry["data"] = np.ascontiguousarray(arr).ravel()
+    return entry
+
+
+def frame(doc: dict[str, Any], chunks: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """Body and headers: the JSON document, then the binary chunks (if any) after it."""
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return header, {"content-type": JSON_TYPE}
+    headers = {"content-type": BINARY_TYPE, HEADER_LENGTH: str(len(header))}
+    return b"".join([header, *chunks]), headers
+
+
 def encode_request(
     inputs: Mapping[str, np.ndarray[Any, Any]],
     *,
@@ -80,22 +109,8 @@ def encode_request(
     request_id: str | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """Body and headers of an infer request; `binary` sends tensors as raw bytes."""
-    entries: list[dict[str, Any]] = []
     chunks: list[bytes] = []
-    for name, value in inputs.items():
-        arr = np.asarray(value)
-        entry: dict[str, Any] = {
-            "name": name,
-            "datatype": oip_datatype(arr.dtype),
-            "shape": list(arr.shape),
-        }
-        if binary:
-            raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        else:
-            entry["data"] = np.ascontiguousarray(arr).ravel()
-        entries.append(entry)
+    entries = [tensor_entry(name, value, binary, chunks) for name, value in inputs.items()]
     request: dict[str, Any] = {"inputs": entries}
     if request_id is not None:
         request["id"] = request_id
@@ -105,11 +120,7 @@ def encode_request(
         ]
     elif binary_outputs:
         request["parameters"] = {"binary_data_output": True}
-    header = orjson.dumps(request, option=orjson.OPT_SERIALIZE_NUMPY)
-    if not chunks:
-        return header, {"content-type": JSON_TYPE}
-    headers = {"content-type": BINARY_TYPE, HEADER_LENGTH: str(len(header))}
-    return b"".join([header, *chunks]), headers
+    return frame(request, chunks)
 
 
 def decode_response(body: bytes, headers: Mapping[str, str]) -> InferResult:
