@@ -22,7 +22,12 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from kubeaccel_runtime.client import decode_response, encode_request
+from kubeaccel_runtime.client import (
+    OIP_TO_NUMPY,
+    AsyncInferenceClient,
+    decode_response,
+    encode_request,
+)
 
 Engine = Literal["raw", "httpx"]
 
@@ -214,18 +219,16 @@ async def run_load(spec: LoadSpec) -> LoadResult:
             for c in conns:
                 await c.close()
     else:
-        limits = httpx.Limits(
-            max_connections=spec.concurrency, max_keepalive_connections=spec.concurrency
+        client = AsyncInferenceClient(
+            spec.url, timeout=spec.timeout_s, max_connections=spec.concurrency
         )
-        http = httpx.AsyncClient(base_url=spec.url, timeout=spec.timeout_s, limits=limits)
-        path = f"/v2/models/{spec.model}/infer"
 
         async def call(i: int) -> tuple[int, dict[str, str], bytes]:
-            r = await http.post(path, content=body, headers=dict(headers))
+            r = await client.infer_raw(spec.model, body, headers)
             return r.status_code, dict(r.headers), r.content
 
         async def close() -> None:
-            await http.aclose()
+            await client.aclose()
 
     try:
         status, resp_headers, resp_body = await call(0)
@@ -271,8 +274,6 @@ def inputs_from_metadata(
     metadata: Mapping[str, Any], batch: int = 1, seed: int = 0
 ) -> dict[str, np.ndarray[Any, Any]]:
     """Random inputs matching a model's OIP metadata (dim 0 = `batch`, other dynamic dims = 1)."""
-    from kubeaccel_runtime.client import OIP_TO_NUMPY
-
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray[Any, Any]] = {}
     for item in metadata["inputs"]:
