@@ -22,6 +22,7 @@ from kubeaccel_runtime.zoo.digests import (
     DigestSyncError,
     rewrite_digest,
     sha256_file,
+    stale_digests,
     sync_examples,
     sync_file,
 )
@@ -412,3 +413,26 @@ def test_importing_the_zoo_command_and_its_data_tools_does_not_import_torch() ->
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_check_command_fails_on_a_stale_digest_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, examples = _project(tmp_path, YAML.replace("models/m.onnx", "models/mlp.onnx"))
+    (tmp_path / "models" / "m.onnx").rename(tmp_path / "models" / "mlp.onnx")
+    before = (examples / "m.yaml").read_text()
+    monkeypatch.chdir(tmp_path)
+    args = ["--out", "models", "--examples", "examples", "--model", "mlp", "--check"]
+    result = CliRunner().invoke(zoo_main, args)
+    assert result.exit_code == 1
+    digest = sha256_file(tmp_path / "models" / "mlp.onnx")
+    assert f"examples/m.yaml: sha256 {OLD} does not match models/mlp.onnx ({digest})" in (
+        result.output
+    )
+    assert (examples / "m.yaml").read_text() == before
+
+
+def test_the_committed_example_models_match_every_yaml_digest() -> None:
+    models = [REPO / "examples" / "models" / f"{name}.onnx" for name in build.RECIPES]
+    assert all(p.is_file() for p in models), "the example models are committed"
+    assert stale_digests(EXAMPLES, models, REPO) == []

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from kubeaccel_runtime.zoo.digests import DigestChange, sync_examples
+from kubeaccel_runtime.zoo.digests import DigestChange, stale_digests, sync_examples
 
 MODEL_NAMES = ("cnn", "mlp", "transformer")
 
@@ -79,6 +79,11 @@ def _relative(path: Path, base: Path) -> str:
     is_flag=True,
     help="Build nothing: only make the YAML digests match the existing model files.",
 )
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Build and write nothing: fail unless every YAML digest matches its model file.",
+)
 def main(
     out_dir: Path,
     examples_dir: Path,
@@ -87,6 +92,7 @@ def main(
     epochs: int | None,
     no_sync: bool,
     sync_only: bool,
+    check: bool,
 ) -> None:
     """Train and export the example models on bundled digits; sync examples/*.yaml digests.
 
@@ -96,16 +102,24 @@ def main(
     console, err = Console(), Console(stderr=True)
     names = models or MODEL_NAMES
     base = Path.cwd()
-    if not sync_only:
+    if not (sync_only or check):
         _build(console, out_dir, names, seed, epochs)
     if no_sync:
         return
     missing = [p for p in _model_files(out_dir, names) if not p.is_file()]
     if missing:
-        err.print(f"missing model file(s): {', '.join(map(str, missing))}; build them first")
+        err.print(
+            f"missing model file(s): {', '.join(map(str, missing))}; they are committed: "
+            "`git checkout -- examples/models`, or retrain with `make examples-rebuild`",
+            highlight=False,
+            markup=False,
+        )
         sys.exit(1)
     if not examples_dir.is_dir():
         err.print(f"no examples folder {examples_dir}; nothing to sync", highlight=False)
+        return
+    if check:
+        _check(console, err, examples_dir, _model_files(out_dir, names), base)
         return
     changes, problems = sync_examples(examples_dir, _model_files(out_dir, names), base)
     _report_changes(console, changes, base)
@@ -113,6 +127,25 @@ def main(
         err.print(f"[red]✗[/red] {problem}", highlight=False, soft_wrap=True)
     if problems:
         sys.exit(1)
+
+
+def _check(
+    console: Console, err: Console, examples_dir: Path, model_files: list[Path], base: Path
+) -> None:
+    stale = stale_digests(examples_dir, model_files, base)
+    for change in stale:
+        err.print(
+            f"{_relative(change.yaml_file, base)}: sha256 {change.old} does not match "
+            f"{_relative(change.model_file, base)} ({change.new}); the committed models are "
+            "the reference: `git checkout -- examples`, or after retraining on purpose "
+            "`make examples-rebuild` and commit both",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    if stale:
+        sys.exit(1)
+    console.print(f"examples: {len(model_files)} model file(s) match their YAML digests")
 
 
 def _build(

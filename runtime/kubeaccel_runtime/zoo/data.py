@@ -106,18 +106,19 @@ def upscale(images: FloatArray, size: int) -> FloatArray:
 
 
 def save_npz(path: Path, arrays: dict[str, npt.NDArray[np.generic]]) -> None:
-    """Write an uncompressed .npz whose bytes depend only on the arrays.
+    """Write a compressed .npz whose bytes depend only on the arrays (and zlib).
 
     `numpy.savez` stamps each member with the current time; fixed timestamps make the
-    file (and its sha256) reproducible.
+    file (and its sha256) reproducible. Compressed because the files are committed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+    with zipfile.ZipFile(tmp, "w") as zf:
         for key in sorted(arrays):
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buf.getvalue(), compresslevel=9)
     tmp.replace(path)

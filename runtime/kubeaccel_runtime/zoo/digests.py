@@ -83,6 +83,25 @@ def rewrite_digest(text: str, old: str, new: str) -> str:
     return "".join(lines)
 
 
+def stale_digests(examples_dir: Path, model_files: list[Path], base: Path) -> list[DigestChange]:
+    """The `sha256:` lines of `examples_dir/*.yaml` that differ from their model file.
+
+    Reads only; a DigestChange here has `rewritten=False` and `new` = the file's digest.
+    """
+    digests = {p.resolve(): sha256_file(p) for p in model_files if p.is_file()}
+    stale = []
+    for yaml_file in sorted(examples_dir.glob("*.yaml")):
+        text = yaml_file.read_text(encoding="utf-8")
+        for uri, old in _sources(text, yaml_file):
+            target = local_path(uri, base)
+            if target is None:
+                continue
+            new = digests.get(target.resolve())
+            if new is not None and old != new:
+                stale.append(DigestChange(yaml_file, target, old, new, False))
+    return stale
+
+
 def sync_file(yaml_file: Path, digests: dict[Path, str], base: Path) -> list[DigestChange]:
     """Rewrite the digests in one YAML file whose source is one of `digests`' files."""
     try:
