@@ -22,14 +22,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from kubeaccel_e2e import (
     CHART,
     OPERATOR_IMAGE,
+    OPTIMIZER_IMAGE,
     RELEASE,
     RELEASE_NAMESPACE,
     ROOT,
     RUNTIME_IMAGE,
+    CommandError,
     Kube,
     cluster_problem,
+    diagnosis,
     find_helm,
-    image_example,
     sh,
     split_image,
 )
@@ -50,6 +52,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(marker)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Attach what the cluster shows (objects, events, operator log) to a failed e2e test."""
+    report = yield
+    if report.failed and call.when == "call" and item.get_closest_marker("e2e"):
+        kube = getattr(item, "funcargs", {}).get("namespace")
+        namespace = kube.namespace if isinstance(kube, Kube) else None
+        try:
+            report.sections.append(("cluster diagnosis", diagnosis(namespace)))
+        except (OSError, CommandError) as exc:  # the cluster itself may be what broke
+            report.sections.append(("cluster diagnosis", f"unavailable: {exc}"))
+    return report
+
+
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -66,6 +82,7 @@ def release(helm: str) -> Iterator[dict[str, str]]:
     """The chart installed once for the session; uninstalled (and checked) at the end."""
     op_repo, op_tag = split_image(OPERATOR_IMAGE)
     rt_repo, rt_tag = split_image(RUNTIME_IMAGE)
+    opt_repo, opt_tag = split_image(OPTIMIZER_IMAGE)
     sh(["kubectl", "create", "namespace", RELEASE_NAMESPACE], check=False)
     # The operator itself must pass the restricted Pod Security Standard.
     sh(
@@ -78,7 +95,7 @@ def release(helm: str) -> Iterator[dict[str, str]]:
             "pod-security.kubernetes.io/enforce=restricted",
         ]
     )
-    sh(
+    install = sh(
         [
             helm,
             "upgrade",
@@ -96,15 +113,25 @@ def release(helm: str) -> Iterator[dict[str, str]]:
             "--set",
             f"runtimeImage.tag={rt_tag}",
             "--set",
+            f"optimizerImage.repository={opt_repo}",
+            "--set",
+            f"optimizerImage.tag={opt_tag}",
+            "--set",
             "crds.keep=false",
             "--set",
             "verbose=true",
             "--wait",
             "--timeout",
-            "5m",
+            "150s",
         ],
-        timeout=400,
+        timeout=200,
+        check=False,
     )
+    if install.returncode != 0:
+        pytest.fail(
+            f"helm install failed: {install.stderr.strip()}\n{diagnosis(RELEASE_NAMESPACE)}",
+            pytrace=False,
+        )
     info = {"release": RELEASE, "namespace": RELEASE_NAMESPACE}
     yield info
     sh(
@@ -127,8 +154,8 @@ def namespace(release: dict[str, str]) -> Iterator[Kube]:
 
 @pytest.fixture(scope="session")
 def example_cnn() -> dict[str, Any]:
-    """The example CNN resource, with the digest of the model inside the runtime image."""
-    text = image_example(RUNTIME_IMAGE, "cnn") or (ROOT / "examples" / "cnn.yaml").read_text()
+    """The example CNN resource, as committed: the optimizer image carries the same model."""
+    text = (ROOT / "examples" / "cnn.yaml").read_text()
     docs = [d for d in yaml.safe_load_all(text) if d]
     resource = next(d for d in docs if d.get("kind") == "AcceleratedModel")
     assert isinstance(resource, dict)

@@ -1,7 +1,9 @@
 """Helpers of the e2e suite: the cluster check, kubectl, waits with deadlines, HTTP.
 
 The suite waits on conditions with deadlines (`kubectl wait`, polling under a deadline),
-never on fixed sleeps.
+never on fixed sleeps, and a wait gives up early, with the reason, when the cluster says
+it cannot succeed (a pod that cannot be scheduled, pulled or started): a broken build or
+cluster fails in minutes, not at the end of every deadline.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +34,30 @@ VERSION = re.search(
 )[1]  # type: ignore[index]
 OPERATOR_IMAGE = os.environ.get("KUBEACCEL_E2E_OPERATOR_IMAGE", f"kubeaccel/operator:{VERSION}")
 RUNTIME_IMAGE = os.environ.get("KUBEACCEL_E2E_RUNTIME_IMAGE", f"kubeaccel/runtime:{VERSION}")
+OPTIMIZER_IMAGE = os.environ.get("KUBEACCEL_E2E_OPTIMIZER_IMAGE", f"kubeaccel/optimizer:{VERSION}")
 GPU_RUNTIME_IMAGE = os.environ.get(
     "KUBEACCEL_E2E_GPU_RUNTIME_IMAGE", f"kubeaccel/runtime:{VERSION}-gpu"
 )
 RELEASE = "kubeaccel-e2e"
 RELEASE_NAMESPACE = "kubeaccel-e2e-system"
-# Optimizing on a small kind node takes minutes; slow machines raise this.
-READY_TIMEOUT = float(os.environ.get("KUBEACCEL_E2E_TIMEOUT", "900"))
+# Apply -> Ready of the example takes about a minute on a 2-CPU node (docs/kubernetes.md);
+# the deadline leaves room for a loaded machine. Waits also stop early on a stuck pod.
+READY_TIMEOUT = float(os.environ.get("KUBEACCEL_E2E_TIMEOUT", "360"))
 SHORT_TIMEOUT = 180.0
+# A pod Pending as unschedulable for this long will not be scheduled by waiting longer.
+UNSCHEDULABLE_GRACE = float(os.environ.get("KUBEACCEL_E2E_UNSCHEDULABLE_GRACE", "60"))
+# Waiting reasons a container does not leave by itself.
+STUCK_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
 
 
 # --------------------------------------------------------------------------- the skip
@@ -167,16 +186,134 @@ class Kube:
         )
 
 
-def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: float = 2.0) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` at the deadline."""
+def wait_until(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float,
+    interval: float = 2.0,
+    *,
+    stuck: Callable[[], str | None] | None = None,
+    diagnose: Callable[[], str] | None = None,
+) -> Any:
+    """Poll `check` until it returns something truthy.
+
+    Fails with `what` at the deadline, or as soon as `stuck` names a reason the wait cannot
+    succeed; `diagnose` adds what the cluster shows (events, logs) to either failure.
+    """
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         last = check()
         if last:
             return last
+        reason = stuck() if stuck else None
+        if reason:
+            extra = f"\n{diagnose()}" if diagnose else ""
+            pytest.fail(f"gave up waiting for {what}: {reason}{extra}", pytrace=False)
         time.sleep(interval)  # a poll interval under a deadline, not a fixed wait
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    extra = f"\n{diagnose()}" if diagnose else ""
+    pytest.fail(
+        f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}){extra}", pytrace=False
+    )
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+
+def _age_seconds(stamp: str | None) -> float:
+    if not stamp:
+        return 0.0
+    then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return (datetime.now(UTC) - then).total_seconds()
+
+
+def pod_problem(pod: dict[str, Any], grace: float = UNSCHEDULABLE_GRACE) -> str | None:
+    """Why a pod will not become ready by waiting, or None (pure; reads the pod's status)."""
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+            and _age_seconds(cond.get("lastTransitionTime")) >= grace
+        ):
+            return f"pod {name} unschedulable for {grace:.0f}s+: {cond.get('message', '')}"
+    containers = [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]
+    for cs in containers:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            last = ((cs.get("lastState") or {}).get("terminated") or {}).get("message", "")
+            detail = " ".join(p for p in (waiting.get("message", ""), last.strip()) if p)
+            return f"pod {name} container {cs.get('name')}: {waiting['reason']}: {detail}"[:2000]
+    return None
+
+
+def model_pods_problem(kube: Kube, model: str) -> str | None:
+    """The first pod of a model (Job or shard) that is stuck, with why; None if none is."""
+    pods = kube.get("pods", selector=f"kubeaccel.io/model={model}")["items"]
+    for pod in pods:
+        problem = pod_problem(pod)
+        if problem:
+            return problem
+    return None
+
+
+def operator_log_tail(lines: int = 40) -> str:
+    """The last lines of the operator's log (the chart's Deployment)."""
+    proc = sh(
+        [
+            "kubectl",
+            "-n",
+            RELEASE_NAMESPACE,
+            "logs",
+            f"deployment/{RELEASE}",
+            f"--tail={lines}",
+            "--all-containers",
+        ],
+        check=False,
+        timeout=60,
+    )
+    return (proc.stdout or proc.stderr).strip()
+
+
+def diagnosis(namespace: str | None) -> str:
+    """What a person would look at first when something did not become ready."""
+    parts: list[str] = []
+
+    def add(title: str, args: list[str]) -> None:
+        proc = sh(args, check=False, timeout=60)
+        parts.append(f"--- {title}\n{(proc.stdout or proc.stderr).strip()}")
+
+    if namespace:
+        add(
+            f"objects in {namespace}",
+            ["kubectl", "-n", namespace, "get", "am,jobs,deployments,pods", "-o", "wide"],
+        )
+        add(
+            f"events in {namespace} (last 25)",
+            [
+                "kubectl",
+                "-n",
+                namespace,
+                "get",
+                "events",
+                "--sort-by=.lastTimestamp",
+                "-o",
+                "custom-columns=LAST:.lastTimestamp,TYPE:.type,REASON:.reason,"
+                "OBJECT:.involvedObject.name,MESSAGE:.message",
+            ],
+        )
+        parts[-1] = "\n".join(parts[-1].splitlines()[-26:])
+    add("node resources", ["kubectl", "describe", "nodes"])
+    text = parts[-1]
+    start, end = text.find("Allocated resources:"), text.find("Events:")
+    parts[-1] = "--- node resources\n" + (text[start:end] if start >= 0 else text[-1500:]).strip()
+    parts.append(f"--- operator log (last 40 lines)\n{operator_log_tail()}")
+    return "\n".join(parts)
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -185,6 +322,83 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
         if cond.get("type") == type_:
             return dict(cond)
     return None
+
+
+# --------------------------------------------------------------------------- models
+
+
+def get_model(kube: Kube, name: str) -> dict[str, Any]:
+    """The AcceleratedModel as the API server has it now."""
+    obj = kube.get("acceleratedmodel", name)
+    assert isinstance(obj, dict)
+    return obj
+
+
+def wait_model(
+    kube: Kube,
+    name: str,
+    what: str,
+    check: Callable[[dict[str, Any]], Any],
+    timeout: float = READY_TIMEOUT,
+    *,
+    fail_on_failed: bool = True,
+) -> Any:
+    """Poll the model until `check(model)` is truthy.
+
+    Gives up at once, with the cluster's diagnosis, when the model turns Failed (unless
+    that is what the caller waits for) or one of its pods is stuck.
+    """
+
+    def stuck() -> str | None:
+        status = get_model(kube, name).get("status") or {}
+        if fail_on_failed and status.get("phase") == "Failed":
+            return f"{name} failed: {status.get('message')} {status.get('conditions')}"
+        return model_pods_problem(kube, name)
+
+    return wait_until(
+        f"{name}: {what}",
+        lambda: check(get_model(kube, name)),
+        timeout,
+        stuck=stuck,
+        diagnose=lambda: diagnosis(kube.namespace),
+    )
+
+
+def wait_ready(
+    kube: Kube, name: str, generation: int, timeout: float = READY_TIMEOUT
+) -> dict[str, Any]:
+    """Wait until the operator acted on `generation` and reports Ready=True."""
+
+    def ready(obj: dict[str, Any]) -> dict[str, Any] | None:
+        status = obj.get("status") or {}
+        cond = condition(obj, "Ready")
+        fresh = status.get("observedGeneration") == generation
+        return obj if fresh and cond and cond["status"] == "True" else None
+
+    result = wait_model(kube, name, f"Ready=True at generation {generation}", ready, timeout)
+    assert isinstance(result, dict)
+    return result
+
+
+def ready_pods(kube: Kube, deployment: str) -> set[str]:
+    """Names of the running, ready pods of a Deployment (by its selector)."""
+    dep = kube.get("deployment", deployment)
+    selector = ",".join(f"{k}={v}" for k, v in dep["spec"]["selector"]["matchLabels"].items())
+    pods = kube.get("pods", selector=selector)["items"]
+    return {
+        p["metadata"]["name"]
+        for p in pods
+        if not p["metadata"].get("deletionTimestamp")
+        and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in p["status"].get("conditions", [])
+        )
+    }
+
+
+def jobs_of(kube: Kube, name: str) -> set[str]:
+    """Names of the optimization Jobs of a model."""
+    return kube.names("jobs", f"kubeaccel.io/model={name}")
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -261,25 +475,3 @@ def split_image(ref: str) -> tuple[str, str]:
     if not repo or "/" in tag:
         return ref, "latest"
     return repo, tag
-
-
-def image_example(image: str, name: str) -> str | None:
-    """examples/<name>.yaml as baked into the runtime image (its sha256 matches the model
-    built in the image), or None when docker or the image is not here."""
-    if shutil.which("docker") is None:
-        return None
-    proc = sh(
-        [
-            "docker",
-            "run",
-            "--rm",
-            "--pull=never",
-            "--entrypoint",
-            "cat",
-            image,
-            f"/app/examples/{name}.yaml",
-        ],
-        check=False,
-        timeout=120,
-    )
-    return proc.stdout if proc.returncode == 0 else None

@@ -13,16 +13,20 @@ from typing import Any
 
 import pytest
 from kubeaccel_e2e import (
-    READY_TIMEOUT,
     RELEASE,
     RELEASE_NAMESPACE,
     SHORT_TIMEOUT,
     Kube,
     condition,
+    get_model,
     http,
     infer_body,
+    jobs_of,
     port_forward,
+    ready_pods,
     sh,
+    wait_model,
+    wait_ready,
     wait_until,
 )
 
@@ -49,53 +53,6 @@ def model(namespace: Kube, example_cnn: dict[str, Any]) -> Iterator[dict[str, An
         "--wait=false",
         check=False,
     )
-
-
-def get_model(kube: Kube, name: str) -> dict[str, Any]:
-    """The AcceleratedModel as the API server has it now."""
-    obj = kube.get("acceleratedmodel", name)
-    assert isinstance(obj, dict)
-    return obj
-
-
-def wait_ready(
-    kube: Kube, name: str, generation: int, timeout: float = READY_TIMEOUT
-) -> dict[str, Any]:
-    """Wait until the operator acted on `generation` and reports Ready=True."""
-
-    def ready() -> dict[str, Any] | None:
-        obj = get_model(kube, name)
-        status = obj.get("status") or {}
-        if status.get("phase") == "Failed":
-            pytest.fail(f"{name} failed: {status.get('message')} {status.get('conditions')}")
-        cond = condition(obj, "Ready")
-        fresh = status.get("observedGeneration") == generation
-        return obj if fresh and cond and cond["status"] == "True" else None
-
-    result = wait_until(f"{name} Ready=True at generation {generation}", ready, timeout)
-    assert isinstance(result, dict)
-    return result
-
-
-def ready_pods(kube: Kube, deployment: str) -> set[str]:
-    """Names of the running, ready pods of a Deployment (by its selector)."""
-    dep = kube.get("deployment", deployment)
-    selector = ",".join(f"{k}={v}" for k, v in dep["spec"]["selector"]["matchLabels"].items())
-    pods = kube.get("pods", selector=selector)["items"]
-    return {
-        p["metadata"]["name"]
-        for p in pods
-        if not p["metadata"].get("deletionTimestamp")
-        and any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in p["status"].get("conditions", [])
-        )
-    }
-
-
-def jobs_of(kube: Kube, name: str) -> set[str]:
-    """Names of the optimization Jobs of a model."""
-    return kube.names("jobs", f"kubeaccel.io/model={name}")
 
 
 # --------------------------------------------------------------------------- tests
@@ -287,11 +244,10 @@ def test_a_wrong_digest_fails_the_model_and_deploys_nothing(
     bad["spec"]["source"]["sha256"] = "0" * 64
     namespace.apply(bad)
 
-    def failed() -> dict[str, Any] | None:
-        obj = get_model(namespace, name)
+    def failed(obj: dict[str, Any]) -> dict[str, Any] | None:
         return obj if (obj.get("status") or {}).get("phase") == "Failed" else None
 
-    obj = wait_until(f"{name} phase Failed", failed, READY_TIMEOUT)
+    obj = wait_model(namespace, name, "phase Failed", failed, fail_on_failed=False)
     ready = condition(obj, "Ready")
     assert ready and ready["status"] == "False"
     assert "sha256" in (obj["status"].get("message", "") + str(obj["status"]["conditions"])).lower()

@@ -744,6 +744,15 @@ class ShardStatus(ApiModel):
     service: str = Field(description="Service name.")
     replicas: int = Field(default=0, ge=0, description="Desired replicas.")
     ready_replicas: int = Field(default=0, ge=0, description="Available replicas.")
+    execution_provider: str | None = Field(
+        default=None,
+        description=(
+            "onnxruntime execution provider the shard's ready pods report using, e.g. "
+            "CPUExecutionProvider after an `auto` fallback on a node without a usable GPU "
+            "(comma-separated when pods differ). Read from the pods' /metrics when the "
+            "operator runs in the cluster."
+        ),
+    )
 
 
 class AcceleratedModelStatus(ApiModel):

@@ -25,19 +25,30 @@ import kubernetes.client
 import kubernetes.config
 import urllib3
 from kubeaccel_api.artifact import artifact_id
-from kubeaccel_api.constants import GROUP, LABEL_MANAGED_BY, LABEL_MODEL, PLURAL, VERSION
+from kubeaccel_api.constants import (
+    GROUP,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    LABEL_SHARD,
+    PLURAL,
+    VERSION,
+)
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 
 from kubeaccel_operator.errors import ApiError, ForeignObject
 from kubeaccel_operator.manifests.common import (
     MANAGED_BY,
+    Component,
     Manifest,
     job_name,
     namespace_of,
     parse_quantity,
+    shard_name,
     stable_hash,
 )
 from kubeaccel_operator.manifests.job import CONTAINER as OPTIMIZER_CONTAINER
+from kubeaccel_operator.probe import ProviderReader, read_provider, shard_providers
 from kubeaccel_operator.reconcile import (
     CHILD_KINDS,
     Observed,
@@ -255,6 +266,21 @@ def last_termination_message(pods: Iterable[Mapping[str, Any]], container: str) 
     return best[1] if best else ""
 
 
+def owned_by_deployment(pod: Mapping[str, Any], deployments: Mapping[str, Manifest]) -> bool:
+    """Whether a pod belongs to one of these Deployments (its ReplicaSet is named after one)."""
+    for ref in pod.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == "ReplicaSet" and str(ref.get("name", "")).rsplit("-", 1)[0] in (
+            deployments
+        ):
+            return True
+    return False
+
+
+def _shard_of(model: str, pod: Mapping[str, Any]) -> str | None:
+    index = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_SHARD, "")
+    return shard_name(model, int(index)) if index.isdigit() else None
+
+
 def _job_finished(job: Mapping[str, Any]) -> bool:
     return any(job_condition(job, ctype) is not None for ctype in ("Complete", "Failed"))
 
@@ -265,18 +291,26 @@ def _job_finished(job: Mapping[str, Any]) -> bool:
 class KubeClient:
     """Cluster implementation over the official client's ApiClient, raw JSON in and out."""
 
-    def __init__(self, api: kubernetes.client.ApiClient) -> None:
+    def __init__(
+        self, api: kubernetes.client.ApiClient, read_provider: ProviderReader | None = None
+    ) -> None:
         self.api = api
+        # Reads a shard pod's execution provider from its IP; None: pods are not probed.
+        self.read_provider = read_provider
 
     @classmethod
     def connect(cls, config_file: str | None = None) -> KubeClient:
-        """In-cluster service account when running in a pod, else the kubeconfig."""
+        """In-cluster service account when running in a pod, else the kubeconfig.
+
+        Only in a pod does the operator reach pod IPs, so only there are shards probed.
+        """
         cfg = kubernetes.client.Configuration()
         try:
             kubernetes.config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config(config_file=config_file, client_configuration=cfg)  # type: ignore[no-untyped-call]
-        return cls(kubernetes.client.ApiClient(cfg))
+            return cls(kubernetes.client.ApiClient(cfg))
+        return cls(kubernetes.client.ApiClient(cfg), read_provider=read_provider)
 
     def _request(
         self,
@@ -381,7 +415,19 @@ class KubeClient:
         claim = res.spec.storage.pvc.claim_name
         if claim is not None and pending and observed_job is None:
             claim_present = self.get("PersistentVolumeClaim", ns, claim) is not None
-        return Observed(objects=objects, messages=messages, claim_present=claim_present)
+        providers: dict[str, tuple[str, ...]] = {}
+        if self.read_provider is not None and objects["Deployment"]:
+            pods = self.list_objects(
+                "Pod", ns, f"{LABEL_MODEL}={name},{LABEL_COMPONENT}={Component.RUNTIME.value}"
+            )
+            providers = shard_providers(
+                (p for p in pods if owned_by_deployment(p, objects["Deployment"])),
+                lambda pod: _shard_of(name, pod),
+                self.read_provider,
+            )
+        return Observed(
+            objects=objects, messages=messages, claim_present=claim_present, providers=providers
+        )
 
     def apply(self, res: AcceleratedModel, plan: Plan, observed: Observed) -> ApplyResult:
         """Create absent children, re-apply drifted ones, delete the plan's orphans."""

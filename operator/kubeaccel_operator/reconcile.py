@@ -90,6 +90,8 @@ class Observed:
     messages: Mapping[str, str] = field(default_factory=dict)
     # Whether spec.storage.pvc.claimName exists (None: not asked, no claim named).
     claim_present: bool | None = None
+    # Shard name -> execution providers its ready pods report (empty: not probed).
+    providers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> Mapping[str, Manifest]:
         """Observed objects of one kind, by name."""
@@ -439,6 +441,7 @@ def _shard_statuses(
                 service=n,
                 replicas=replicas,
                 ready_replicas=available,
+                execution_provider=", ".join(observed.providers.get(n, ())) or None,
             )
         )
     return states, ready_count

@@ -22,6 +22,7 @@ from kubeaccel_operator.manifests.common import MANAGED_BY
 
 ENV_PREFIX = "KUBEACCEL_"
 DEFAULT_IMAGE = f"ghcr.io/kubeaccel/runtime:{__version__}"
+DEFAULT_OPTIMIZER_IMAGE = f"ghcr.io/kubeaccel/optimizer:{__version__}"
 # (apiGroup, version, plural) of every kind of child the operator creates and watches.
 OWNED_KINDS = (
     ("", "v1", "configmaps"),
@@ -47,7 +48,9 @@ class Settings(BaseModel):
     )
     runtime_image: str = Field(default=DEFAULT_IMAGE, min_length=1, description="Serving image.")
     optimizer_image: str = Field(
-        default=DEFAULT_IMAGE, min_length=1, description="Image of the optimization Job."
+        default=DEFAULT_OPTIMIZER_IMAGE,
+        min_length=1,
+        description="Image of the optimization Job.",
     )
     image_pull_policy: str = Field(
         default="IfNotPresent",
@@ -76,7 +79,11 @@ class Settings(BaseModel):
         default=86400, ge=0, description="Job ttlSecondsAfterFinished (keeps logs readable)."
     )
     optimizer_cpu: str = Field(
-        default="1", pattern=QUANTITY_PATTERN, description="CPU request of the optimizer."
+        # A request, not a limit: the Job still uses every idle core. Small enough that the
+        # Job, the shards and their rolling-update surge fit one 2-CPU node together.
+        default="500m",
+        pattern=QUANTITY_PATTERN,
+        description="CPU request of the optimizer.",
     )
     optimizer_memory: str = Field(
         default="2Gi",

@@ -247,8 +247,21 @@ def test_values_schema_rejects_an_unknown_key(
         ({"gpuResourceName": "gpu"}, "gpuResourceName"),
         ({"crds": {"install": "yes"}}, "install"),
         ({"health": {"port": 80}}, "port"),
+        ({"optimizer": {"memory": "lots"}}, "memory"),
+        ({"optimizerImage": {"repository": ""}}, "repository"),
     ],
-    ids=["workers", "root-user", "digest", "pull-policy", "namespace", "gpu-name", "bool", "port"],
+    ids=[
+        "workers",
+        "root-user",
+        "digest",
+        "pull-policy",
+        "namespace",
+        "gpu-name",
+        "bool",
+        "port",
+        "optimizer-memory",
+        "optimizer-repository",
+    ],
 )
 def test_values_schema_rejects_a_bad_value(
     render_error: Callable[[dict[str, Any]], str], values: dict[str, Any], field: str
@@ -442,7 +455,8 @@ def test_image_tags_default_to_the_app_version(default_objects: list[dict[str, A
     env = env_of(container)
     assert container["image"] == f"kubeaccel/operator:{__version__}"
     assert env["KUBEACCEL_RUNTIME_IMAGE"] == f"kubeaccel/runtime:{__version__}"
-    assert env["KUBEACCEL_OPTIMIZER_IMAGE"] == env["KUBEACCEL_RUNTIME_IMAGE"]
+    assert env["KUBEACCEL_OPTIMIZER_IMAGE"] == f"kubeaccel/optimizer:{__version__}"
+    assert (env["KUBEACCEL_OPTIMIZER_CPU"], env["KUBEACCEL_OPTIMIZER_MEMORY"]) == ("500m", "2Gi")
 
 
 def test_a_digest_pins_the_image_and_a_tag_overrides_the_app_version(render: Render) -> None:
@@ -457,13 +471,18 @@ def test_a_digest_pins_the_image_and_a_tag_overrides_the_app_version(render: Ren
     env = env_of(container)
     assert container["image"] == f"reg.example/op@{digest}"
     assert env["KUBEACCEL_RUNTIME_IMAGE"] == "reg.example/rt:1.2.3-gpu"
-    assert env["KUBEACCEL_OPTIMIZER_IMAGE"] == "reg.example/rt:1.2.3-gpu"
+    assert env["KUBEACCEL_OPTIMIZER_IMAGE"] == f"kubeaccel/optimizer:{__version__}"
 
 
-def test_the_optimizer_image_can_differ_from_the_runtime_image(render: Render) -> None:
-    env = env_of(operator_container(render({"optimizerImage": {"repository": "reg.example/opt"}})))
-    assert env["KUBEACCEL_OPTIMIZER_IMAGE"] == f"reg.example/opt:{__version__}"
+def test_the_optimizer_image_and_resources_are_set_on_their_own(render: Render) -> None:
+    values = {
+        "optimizerImage": {"repository": "reg.example/opt", "digest": "sha256:" + "cd" * 32},
+        "optimizer": {"cpu": "2", "memory": "8Gi"},
+    }
+    env = env_of(operator_container(render(values)))
+    assert env["KUBEACCEL_OPTIMIZER_IMAGE"] == "reg.example/opt@sha256:" + "cd" * 32
     assert env["KUBEACCEL_RUNTIME_IMAGE"] == f"kubeaccel/runtime:{__version__}"
+    assert (env["KUBEACCEL_OPTIMIZER_CPU"], env["KUBEACCEL_OPTIMIZER_MEMORY"]) == ("2", "8Gi")
 
 
 # --------------------------------------------------------------------------- CRD
@@ -538,7 +557,7 @@ def test_the_operator_accepts_every_setting_the_chart_gives_it(
     settings = Settings.from_env(env)
     assert tuple(settings.namespaces) == tuple(sorted(watch))
     assert settings.runtime_image == f"kubeaccel/runtime:{__version__}"
-    assert settings.optimizer_image == settings.runtime_image
+    assert settings.optimizer_image == f"kubeaccel/optimizer:{__version__}"
     assert settings.gpu_resource_name == "nvidia.com/gpu"
     # The probe and the operator agree on kopf's liveness endpoint.
     port = next(p for p in container["ports"] if p["name"] == "health")["containerPort"]

@@ -114,12 +114,18 @@ def observed(
     *objects: Mapping[str, Any],
     messages: Mapping[str, str] | None = None,
     claim_present: bool | None = None,
+    providers: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Observed:
     """Observed children from objects (copied, so tests can mutate freely)."""
     by_kind: dict[str, dict[str, Any]] = {kind: {} for kind in CHILD_KINDS}
     for obj in objects:
         by_kind[obj["kind"]][obj["metadata"]["name"]] = copy.deepcopy(dict(obj))
-    return Observed(objects=by_kind, messages=dict(messages or {}), claim_present=claim_present)
+    return Observed(
+        objects=by_kind,
+        messages=dict(messages or {}),
+        claim_present=claim_present,
+        providers=dict(providers or {}),
+    )
 
 
 def live(obj: Mapping[str, Any], generation: int = 1) -> dict[str, Any]:

@@ -86,6 +86,7 @@ CONTAINER_SECURITY = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 IMAGE = "ghcr.io/kubeaccel/runtime:0.1.0"
+OPTIMIZER_IMAGE = "ghcr.io/kubeaccel/optimizer:0.1.0"
 
 
 def probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -248,7 +249,7 @@ def expected_job(
                     "containers": [
                         {
                             "name": "optimize",
-                            "image": IMAGE,
+                            "image": OPTIMIZER_IMAGE,
                             "imagePullPolicy": "IfNotPresent",
                             "command": ["kubeaccel"],
                             "args": [
@@ -297,7 +298,7 @@ def expected_job(
     }
 
 
-CPU_JOB_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}
+CPU_JOB_RESOURCES = {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}
 
 
 # --------------------------------------------------------------------------- CPU
@@ -486,7 +487,7 @@ def test_fp16_on_gpus_validates_on_one_gpu_of_the_serving_type(cfg: Settings) ->
     assert build_job(model(spec), artifact, cfg) == expected_job(
         artifact,
         resources={
-            "requests": {"cpu": "1", "memory": "2Gi"},
+            "requests": {"cpu": "500m", "memory": "2Gi"},
             "limits": {"memory": "2Gi", "nvidia.com/gpu": "1"},
         },
         placement={

@@ -292,6 +292,32 @@ def case_shard_loses_availability() -> Case:
     )
 
 
+def case_shards_report_the_provider_they_got() -> Case:
+    providers = {
+        "mnist-shard-0": ("CPUExecutionProvider",),
+        "mnist-shard-1": ("CPUExecutionProvider", "CUDAExecutionProvider"),
+    }
+
+    def check(plan: Plan) -> None:
+        got = {s.deployment: s.execution_provider for s in plan.status.shards or []}
+        _assert(
+            got
+            == {
+                "mnist-shard-0": "CPUExecutionProvider",
+                "mnist-shard-1": "CPUExecutionProvider, CUDAExecutionProvider",
+            }
+        )
+
+    return Case(
+        res=model(GPU2, status=ready_status(GPU2)),
+        seen=observed(*serving(GPU2), providers=providers),
+        phase="Ready",
+        conditions={"Ready": ("True", "AllShardsAvailable")},
+        applies={o["kind"] + "/" + o["metadata"]["name"] for o in serving(GPU2)},
+        check=check,
+    )
+
+
 def case_runtime_only_update() -> Case:
     changed = {**GPU2, "runtime": {**GPU2["runtime"], "replicas": 3, "batching": {"enabled": True}}}
     assert aid(changed) == aid(GPU2)
@@ -426,6 +452,7 @@ CASES = {
     "job done, unreadable summary": case_job_done_with_unreadable_summary,
     "all shards available": case_all_shards_available,
     "shard loses availability": case_shard_loses_availability,
+    "shards report the provider they got": case_shards_report_the_provider_they_got,
     "runtime-only update": case_runtime_only_update,
     "optimization update": case_optimization_update_keeps_old_shards_serving,
     "failed re-optimization": case_failed_reoptimization_keeps_old_shards,

@@ -14,7 +14,8 @@ def test_defaults_serve_the_whole_cluster_standalone_with_the_versioned_image() 
     cfg = Settings.from_env({})
     assert cfg.namespaces == ()
     assert cfg.standalone
-    assert cfg.runtime_image == cfg.optimizer_image == "ghcr.io/kubeaccel/runtime:0.1.0"
+    assert cfg.runtime_image == "ghcr.io/kubeaccel/runtime:0.1.0"
+    assert cfg.optimizer_image == "ghcr.io/kubeaccel/optimizer:0.1.0"
     assert cfg.gpu_resource_name == "nvidia.com/gpu"
     assert cfg.liveness_endpoint == "http://0.0.0.0:8080/healthz"
 

@@ -80,14 +80,8 @@ The runtime image the operator gives to the shard Deployments.
 {{- end }}
 
 {{/*
-The optimizer image: the runtime image unless optimizerImage names its own repository.
+The optimizer image the operator gives to the optimization Jobs.
 */}}
 {{- define "kubeaccel.optimizerImage" -}}
-{{- $opt := .Values.optimizerImage }}
-{{- if $opt.repository }}
-{{- include "kubeaccel.image" (dict "image" $opt "root" .) }}
-{{- else }}
-{{- $img := dict "repository" .Values.runtimeImage.repository "tag" (default .Values.runtimeImage.tag $opt.tag) "digest" (default .Values.runtimeImage.digest $opt.digest) }}
-{{- include "kubeaccel.image" (dict "image" $img "root" .) }}
-{{- end }}
+{{- include "kubeaccel.image" (dict "image" .Values.optimizerImage "root" .) }}
 {{- end }}
