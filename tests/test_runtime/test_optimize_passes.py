@@ -20,7 +20,6 @@ from kubeaccel_runtime.optimize.data import Samples
 from kubeaccel_runtime.optimize.graph import op_counts, parameter_count
 from onnx import TensorProto, numpy_helper
 
-
 # What the pipeline decides on this machine: x86 without VNNI (e.g. AVX2 only) saturates
 # u8 x s8 products in 16 bits unless weights use 7 bits; closeness is checked as deployed.
 REDUCE_RANGE = saturation_guard(detect()).reduce_range
