@@ -16,13 +16,14 @@ import kopf
 from kubeaccel_api.constants import GROUP, LABEL_MANAGED_BY
 from kubeaccel_api.v1alpha1 import QUANTITY_PATTERN, RESOURCE_NAME_PATTERN
 from kubeaccel_api.version import __version__
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kubeaccel_operator.manifests.common import MANAGED_BY
 
 ENV_PREFIX = "KUBEACCEL_"
 DEFAULT_IMAGE = f"ghcr.io/kubeaccel/runtime:{__version__}"
 DEFAULT_OPTIMIZER_IMAGE = f"ghcr.io/kubeaccel/optimizer:{__version__}"
+GPU_TAG_SUFFIX = "-gpu"
 # (apiGroup, version, plural) of every kind of child the operator creates and watches.
 OWNED_KINDS = (
     ("", "v1", "configmaps"),
@@ -32,6 +33,19 @@ OWNED_KINDS = (
     ("apps", "v1", "deployments"),
     ("policy", "v1", "poddisruptionbudgets"),
 )
+
+
+def image_repository(ref: str) -> str:
+    """An image reference without its tag and digest (`reg:5000/a/b:1@sha256:..` -> `reg:5000/a/b`)."""
+    name = ref.split("@", 1)[0]
+    head, _, last = name.rpartition("/")
+    last = last.split(":", 1)[0]
+    return f"{head}/{last}" if head else last
+
+
+def default_gpu_image(runtime_image: str) -> str:
+    """The GPU flavour of a runtime image: same repository, tag `<version>-gpu`."""
+    return f"{image_repository(runtime_image)}:{__version__}{GPU_TAG_SUFFIX}"
 
 
 class SettingsError(ValueError):
@@ -47,10 +61,16 @@ class Settings(BaseModel):
         default=(), description="Namespaces to serve (comma-separated); empty = cluster-wide."
     )
     runtime_image: str = Field(default=DEFAULT_IMAGE, min_length=1, description="Serving image.")
+    gpu_runtime_image: str = Field(
+        default="",
+        description="Image of shards and optimization Jobs that target a GPU; empty: the "
+        "runtime image's repository with tag <version>-gpu.",
+    )
     optimizer_image: str = Field(
         default=DEFAULT_OPTIMIZER_IMAGE,
         min_length=1,
-        description="Image of the optimization Job.",
+        description="Image of optimization Jobs for CPU targets (a GPU target's Job runs on "
+        "the image that will serve it).",
     )
     image_pull_policy: str = Field(
         default="IfNotPresent",
@@ -100,6 +120,14 @@ class Settings(BaseModel):
         default="json", pattern=r"^(json|plain|full)$", description="Log format."
     )
     verbose: bool = Field(default=False, description="Debug logging.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_gpu_image(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("gpu_runtime_image"):
+            runtime = data.get("runtime_image") or DEFAULT_IMAGE
+            return {**data, "gpu_runtime_image": default_gpu_image(str(runtime))}
+        return data
 
     @field_validator("namespaces", mode="before")
     @classmethod

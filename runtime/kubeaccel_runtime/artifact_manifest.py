@@ -51,6 +51,27 @@ class ShardInfo(_Model):
     outputs: list[TensorInfo] = Field(description="Tensors the shard produces.")
 
 
+class EngineCache(_Model):
+    """TensorRT engines the optimization Job built for the shards, shipped in the artifact.
+
+    onnxruntime names each engine after the shard (file name and graph), its TensorRT,
+    CUDA and onnxruntime versions and the GPU's compute capability (`_sm90`), so a pod on
+    the same GPU class with the same image loads it instead of building one.
+    """
+
+    provider: str = Field(description="Execution provider the engines belong to.")
+    dir: str = Field(description="Folder inside the artifact directory holding the engines.")
+    gpu: str = Field(description="GPU the engines were built on (nvidia-smi name).")
+    compute_capability: str | None = Field(
+        default=None, description="Compute capability of that GPU, e.g. 9.0."
+    )
+    shard_options: list[dict[str, str]] = Field(
+        description="Per shard, the provider options the engine was built with; the "
+        "server must use exactly these (without the cache path) to load it."
+    )
+    files: dict[str, str] = Field(description="Engine cache file name -> its SHA-256.")
+
+
 class Manifest(_Model):
     """manifest.json of an artifact directory (camelCase on disk)."""
 
@@ -64,6 +85,9 @@ class Manifest(_Model):
     shards: list[ShardInfo] = Field(min_length=1, description="Pipeline shards in order.")
     files: dict[str, str] = Field(description="Every file but the manifest -> its SHA-256.")
     spec: dict[str, Any] = Field(description="The AcceleratedModel spec, wire form.")
+    engine_cache: EngineCache | None = Field(
+        default=None, description="Prebuilt TensorRT engines, when the Job built them."
+    )
 
     def parsed_spec(self) -> AcceleratedModelSpec:
         """The embedded spec as the API model."""
@@ -131,6 +155,27 @@ def _check_structure(manifest: Manifest, where: Path) -> None:
             raise ArtifactInvalid(
                 f"{where}: shard {before.index} outputs do not feed shard {after.index} inputs"
             )
+    cache = manifest.engine_cache
+    if cache is not None:
+        if not _safe_name(cache.dir) or cache.dir in manifest.files:
+            raise ArtifactInvalid(f"{where}: illegal engine cache folder {cache.dir!r}")
+        for name in cache.files:
+            if not _safe_name(name):
+                raise ArtifactInvalid(f"{where}: engine cache lists an illegal file name {name!r}")
+        if len(cache.shard_options) != len(manifest.shards):
+            raise ArtifactInvalid(
+                f"{where}: engine cache has options for {len(cache.shard_options)} shard(s), "
+                f"the artifact has {len(manifest.shards)}"
+            )
+
+
+def _listed_files(manifest: Manifest) -> list[tuple[str, str]]:
+    """(path relative to the artifact, sha256) of every file the manifest vouches for."""
+    out = sorted(manifest.files.items())
+    cache = manifest.engine_cache
+    if cache is not None:
+        out += [(f"{cache.dir}/{name}", digest) for name, digest in sorted(cache.files.items())]
+    return out
 
 
 def verify_artifact(artifact_dir: Path) -> Manifest:
@@ -148,7 +193,7 @@ def verify_artifact(artifact_dir: Path) -> Manifest:
             f"{artifact_dir}: directory name differs from artifactId {manifest.artifact_id}"
         )
     _check_structure(manifest, artifact_dir)
-    for name, expected in sorted(manifest.files.items()):
+    for name, expected in _listed_files(manifest):
         path = artifact_dir / name
         if not path.is_file():
             raise ArtifactInvalid(f"{artifact_dir}: {name} is listed but missing")

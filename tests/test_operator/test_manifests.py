@@ -87,6 +87,7 @@ CONTAINER_SECURITY = {
 }
 IMAGE = "ghcr.io/kubeaccel/runtime:0.1.0"
 OPTIMIZER_IMAGE = "ghcr.io/kubeaccel/optimizer:0.1.0"
+GPU_IMAGE = "ghcr.io/kubeaccel/runtime:0.1.0-gpu"
 
 
 def probe(path: str, period: int, failures: int) -> dict[str, Any]:
@@ -126,6 +127,7 @@ def expected_deployment(
     resources: dict[str, Any] | None = None,
     placement: dict[str, Any] | None = None,
     threads: int | None = None,
+    image: str = IMAGE,
 ) -> dict[str, Any]:
     args = [
         "serve",
@@ -153,7 +155,7 @@ def expected_deployment(
         "containers": [
             {
                 "name": "runtime",
-                "image": IMAGE,
+                "image": image,
                 "imagePullPolicy": "IfNotPresent",
                 "command": ["kubeaccel"],
                 "args": args,
@@ -223,7 +225,11 @@ def expected_deployment(
 
 
 def expected_job(
-    artifact: str, *, resources: dict[str, Any], placement: dict[str, Any] | None = None
+    artifact: str,
+    *,
+    resources: dict[str, Any],
+    placement: dict[str, Any] | None = None,
+    image: str = OPTIMIZER_IMAGE,
 ) -> dict[str, Any]:
     labels = common_labels("optimizer", **{"kubeaccel.io/artifact-id": artifact})
     return {
@@ -249,7 +255,7 @@ def expected_job(
                     "containers": [
                         {
                             "name": "optimize",
-                            "image": OPTIMIZER_IMAGE,
+                            "image": image,
                             "imagePullPolicy": "IfNotPresent",
                             "command": ["kubeaccel"],
                             "args": [
@@ -299,6 +305,10 @@ def expected_job(
 
 
 CPU_JOB_RESOURCES = {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}
+GPU_JOB_RESOURCES = {
+    "requests": {"cpu": "500m", "memory": "2Gi"},
+    "limits": {"memory": "2Gi", "nvidia.com/gpu": "1"},
+}
 
 
 # --------------------------------------------------------------------------- CPU
@@ -423,18 +433,58 @@ def test_one_gpu_deployment_limits_the_gpu_and_requests_cpu_and_memory(cfg: Sett
             "limits": {"memory": "1Gi", "nvidia.com/gpu": "1"},
         },
         threads=1,
+        image=GPU_IMAGE,
     )
 
 
-def test_the_job_gets_no_gpu_when_precision_does_not_depend_on_it(cfg: Settings) -> None:
-    spec = {
+@pytest.mark.parametrize("mode", ["none", "dynamic-int8", "static-int8", "fp16", "auto"])
+def test_a_gpu_target_optimizes_on_the_gpu_image_with_a_gpu_whatever_the_precision(
+    cfg: Settings, mode: str
+) -> None:
+    spec: dict[str, Any] = {
         "runtime": {"resources": {"gpus": 1}},
-        "optimization": {"quantization": {"mode": "dynamic-int8"}},
+        "optimization": {"quantization": {"mode": mode}},
     }
+    if mode == "static-int8":
+        spec["optimization"]["quantization"]["calibration"] = {"samples": 16}
     artifact = aid(spec)
     assert build_job(model(spec), artifact, cfg) == expected_job(
-        artifact, resources=CPU_JOB_RESOURCES
+        artifact, resources=GPU_JOB_RESOURCES, image=GPU_IMAGE
     )
+
+
+def test_a_model_served_on_the_cpu_provider_optimizes_on_the_cpu_even_with_gpus(
+    cfg: Settings,
+) -> None:
+    spec = {
+        "runtime": {
+            "executionProvider": "cpu",
+            "resources": {"gpus": 1},
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100"},
+        },
+    }
+    res = model(spec)
+    artifact = aid(spec)
+    assert build_job(res, artifact, cfg) == expected_job(artifact, resources=CPU_JOB_RESOURCES)
+    image = build_deployment(res, 0, artifact, cfg)["spec"]["template"]["spec"]["containers"][0]
+    assert image["image"] == IMAGE
+
+
+def test_the_gpu_image_comes_from_settings_and_spec_runtime_image_overrides_it() -> None:
+    spec: dict[str, Any] = {"runtime": {"executionProvider": "cuda", "resources": {"gpus": 1}}}
+    custom = Settings(runtime_image="reg.example/rt:9", optimizer_image="reg.example/opt:9")
+    explicit = Settings(gpu_runtime_image="reg.example/rt-gpu:cuda13")
+
+    def images(spec: dict[str, Any], cfg: Settings) -> tuple[str, str]:
+        res, artifact = model(spec), aid(spec)
+        job = build_job(res, artifact, cfg)["spec"]["template"]["spec"]["containers"][0]
+        pod = build_deployment(res, 0, artifact, cfg)["spec"]["template"]["spec"]
+        return job["image"], pod["containers"][0]["image"]
+
+    assert images(spec, custom) == ("reg.example/rt:0.1.0-gpu", "reg.example/rt:0.1.0-gpu")
+    assert images(spec, explicit) == ("reg.example/rt-gpu:cuda13", "reg.example/rt-gpu:cuda13")
+    spec["runtime"]["image"] = "mine/serve:trt10"
+    assert images(spec, explicit) == ("mine/serve:trt10", "mine/serve:trt10")
 
 
 def test_two_shards_with_two_gpus_each_chain_and_get_a_disruption_budget(cfg: Settings) -> None:
@@ -452,9 +502,16 @@ def test_two_shards_with_two_gpus_each_chain_and_get_a_disruption_budget(cfg: Se
         next_url=f"http://{NAME}-shard-1.{NS}.svc:8080",
         resources=resources,
         threads=2,
+        image=GPU_IMAGE,
     )
     assert build_deployment(res, 1, artifact, cfg) == expected_deployment(
-        shard=1, artifact=artifact, spec=res.spec, replicas=2, resources=resources, threads=2
+        shard=1,
+        artifact=artifact,
+        spec=res.spec,
+        replicas=2,
+        resources=resources,
+        threads=2,
+        image=GPU_IMAGE,
     )
     for shard in (0, 1):
         assert build_pdb(res, shard) == {
@@ -471,33 +528,45 @@ def test_two_shards_with_two_gpus_each_chain_and_get_a_disruption_budget(cfg: Se
     assert build_pdb(model(), 0) is None
 
 
-def test_fp16_on_gpus_validates_on_one_gpu_of_the_serving_type(cfg: Settings) -> None:
+def test_a_gpu_job_lands_on_one_gpu_of_the_serving_type_with_the_shards_placement(
+    cfg: Settings,
+) -> None:
+    zone = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                ]
+            }
+        }
+    }
     spec = {
         **GPU2,
         "runtime": {
             **GPU2["runtime"],
+            "executionProvider": "tensorrt",
             "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100"},
             "tolerations": [
                 {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
             ],
+            "affinity": zone,
             "runtimeClassName": "nvidia",
+            "priorityClassName": "inference-critical",
         },
     }
     artifact = aid(spec)
+    placement = {
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": zone,
+        "runtimeClassName": "nvidia",
+    }
     assert build_job(model(spec), artifact, cfg) == expected_job(
-        artifact,
-        resources={
-            "requests": {"cpu": "500m", "memory": "2Gi"},
-            "limits": {"memory": "2Gi", "nvidia.com/gpu": "1"},
-        },
-        placement={
-            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100"},
-            "tolerations": [
-                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-            ],
-            "runtimeClassName": "nvidia",
-        },
+        artifact, resources=GPU_JOB_RESOURCES, placement=placement, image=GPU_IMAGE
     )
+    pod = build_deployment(model(spec), 0, artifact, cfg)["spec"]["template"]["spec"]
+    shard_placement = {k: pod[k] for k in placement}
+    assert shard_placement == placement
 
 
 def test_the_gpu_resource_name_comes_from_the_spec_when_set_else_from_settings() -> None:

@@ -246,7 +246,10 @@ def test_the_operator_takes_a_resource_from_apply_to_ready_through_updates_and_d
         "AcceleratedModel", NS, NAME, {"spec": {"optimization": {"quantization": {"mode": "auto"}}}}
     )
     bad = one_job(env, aid_of(failing))
-    assert env.api.get("Job", NS, job["metadata"]["name"]) is None  # superseded Job removed
+    # The superseded Job is deleted in the same pass, after the new one is created.
+    wait_for(
+        lambda: env.api.get("Job", NS, job["metadata"]["name"]) is None, "superseded Job removed"
+    )
     finish_job(
         env.api,
         NS,

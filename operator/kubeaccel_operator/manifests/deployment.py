@@ -29,6 +29,7 @@ from kubeaccel_operator.manifests.common import (
     stable_hash,
     tmp_volume,
 )
+from kubeaccel_operator.manifests.images import serving_image
 from kubeaccel_operator.manifests.scheduling import default_affinity, placement, runtime_resources
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def build_deployment(res: AcceleratedModel, index: int, artifact: str, cfg: Sett
     subpath = f"{res.metadata.name}/{artifact}"
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": runtime.image or cfg.runtime_image,
+        "image": serving_image(res, cfg),
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["kubeaccel"],
         "args": serve_args(res, index, artifact),

@@ -23,6 +23,7 @@ from kubeaccel_operator.manifests.common import (
     spec_configmap_name,
     tmp_volume,
 )
+from kubeaccel_operator.manifests.images import optimizer_image
 from kubeaccel_operator.manifests.scheduling import (
     gpu_resource_name,
     optimizer_wants_gpu,
@@ -41,7 +42,8 @@ def _resources(res: AcceleratedModel, cfg: Settings) -> dict[str, Any]:
         "limits": {"memory": cfg.optimizer_memory},
     }
     if optimizer_wants_gpu(res):
-        # One GPU is enough to measure and validate the serving precision.
+        # Same GPU resource as the shards; one device is what one onnxruntime session
+        # uses, so one is enough to measure candidates and build TensorRT engines.
         out["limits"][gpu_resource_name(res, cfg)] = "1"
     return out
 
@@ -69,7 +71,7 @@ def build_job(res: AcceleratedModel, artifact: str, cfg: Settings) -> Manifest:
         )
     container = {
         "name": CONTAINER,
-        "image": cfg.optimizer_image,
+        "image": optimizer_image(res, cfg),
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["kubeaccel"],
         "args": [
@@ -100,7 +102,9 @@ def build_job(res: AcceleratedModel, artifact: str, cfg: Settings) -> Manifest:
         "volumes": volumes,
     }
     if optimizer_wants_gpu(res):
-        # Land on the same GPU type the shards will be served on.
+        # Land on the GPU class the shards will be served on (same nodeSelector,
+        # tolerations, runtimeClassName and the user's affinity; not the shards' default
+        # pod affinity, which is about spreading runtime replicas).
         pod_spec.update(placement(res, res.spec.runtime.affinity))
     job_labels = labels(res, Component.OPTIMIZER, artifact=artifact)
     return {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kubeaccel_api.v1alpha1 import AcceleratedModel, ExecutionProvider, QuantizationMode
+from kubeaccel_api.target import serving_target
+from kubeaccel_api.v1alpha1 import AcceleratedModel
 
 from kubeaccel_operator.manifests.common import Component, selector_labels, shared_across_nodes
 
@@ -47,18 +48,12 @@ def runtime_resources(res: AcceleratedModel, cfg: Settings) -> dict[str, Any]:
 
 
 def optimizer_wants_gpu(res: AcceleratedModel) -> bool:
-    """Validate on the serving GPU type: shards use GPUs and precision is GPU-dependent.
+    """Optimize where it will serve: a GPU target's Job measures candidates on that GPU.
 
-    FP16 gives no speed-up on CPU, and `auto` picks by measured latency, so both must be
-    measured on the accelerator that will serve them.
+    FP16 and TensorRT INT8 only pay off on the GPU, `auto` picks by measured latency, and
+    TensorRT engines are built for one GPU class, so the Job needs the shards' GPU.
     """
-    runtime = res.spec.runtime
-    return (
-        runtime.resources.gpus > 0
-        and runtime.execution_provider is not ExecutionProvider.CPU
-        and res.spec.optimization.quantization.mode
-        in (QuantizationMode.FP16, QuantizationMode.AUTO)
-    )
+    return serving_target(res.spec).is_gpu
 
 
 def default_affinity(res: AcceleratedModel, shard: int) -> dict[str, Any]:

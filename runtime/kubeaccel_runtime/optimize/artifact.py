@@ -16,6 +16,7 @@ from kubeaccel_api.version import __version__
 from kubeaccel_runtime import onnx_io
 from kubeaccel_runtime.artifact_manifest import (
     ArtifactInvalid,
+    EngineCache,
     Manifest,
     ShardInfo,
     sha256_file,
@@ -70,8 +71,12 @@ def write_artifact(
     spec_wire: dict[str, Any],
     report: dict[str, Any],
     force: bool = False,
+    engines: tuple[Path, EngineCache] | None = None,
 ) -> Path:
     """Write shards, report.json and manifest.json into `<out_dir>/<artifact_id>/` atomically.
+
+    `engines` is a folder of TensorRT engine files and the manifest entry describing them;
+    the files are copied into the artifact and their digests recorded.
 
     A complete artifact with the same id is left alone unless `force`; an incomplete or
     tampered one is replaced. Nothing partial is ever visible under the final name.
@@ -107,6 +112,7 @@ def write_artifact(
             )
         _write_json(tmp / REPORT_FILE, report)
         files[REPORT_FILE] = sha256_file(tmp / REPORT_FILE)
+        engine_cache = _copy_engines(engines, tmp) if engines is not None else None
         manifest = Manifest(
             kubeaccel_version=__version__,
             artifact_id=artifact_id,
@@ -118,6 +124,7 @@ def write_artifact(
             shards=infos,
             files=files,
             spec=spec_wire,
+            engine_cache=engine_cache,
         )
         with (tmp / MANIFEST_FILE).open("w") as fh:
             fh.write(manifest.to_json())
@@ -136,6 +143,19 @@ def write_artifact(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _copy_engines(engines: tuple[Path, EngineCache], tmp: Path) -> EngineCache:
+    """Copy the engine files into the artifact and record their digests."""
+    source, entry = engines
+    dest = tmp / entry.dir
+    dest.mkdir()
+    digests: dict[str, str] = {}
+    for path in sorted(source.iterdir()):
+        if path.is_file():
+            shutil.copyfile(path, dest / path.name)
+            digests[path.name] = sha256_file(dest / path.name)
+    return entry.model_copy(update={"files": digests})
 
 
 def _install(tmp: Path, target: Path, artifact_id: str) -> None:

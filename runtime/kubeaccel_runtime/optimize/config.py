@@ -75,13 +75,18 @@ class DynamicQuantConfig:
 
 @dataclass(frozen=True, eq=False)
 class StaticQuantConfig:
-    """Static INT8 in QDQ format (u8 activations, s8 weights) from calibration samples."""
+    """Static INT8 in QDQ format from calibration samples.
+
+    u8 activations and s8 weights by default (what the CPU provider fuses into QLinear
+    kernels); `symmetric` makes both s8 with zero points 0, the form TensorRT accepts.
+    """
 
     calibration: Samples
     method: CalibrationMethod = CalibrationMethod.MINMAX
     per_channel: bool = True
     reduce_range: bool = False
     op_types: tuple[str, ...] | None = None
+    symmetric: bool = False
 
 
 @dataclass(frozen=True)

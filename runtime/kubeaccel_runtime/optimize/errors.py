@@ -63,3 +63,9 @@ class ContractMismatch(OptimizeError):
     """The spec's inputs/outputs contract does not describe the model."""
 
     reason = "ContractMismatch"
+
+
+class ProviderUnavailable(OptimizeError):
+    """The execution provider the spec targets does not run where the optimizer runs."""
+
+    reason = "ProviderUnavailable"

@@ -18,34 +18,38 @@ from typing import Any, Protocol
 import numpy as np
 from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.constants import REPORT_FILE
+from kubeaccel_api.target import serving_target
 from kubeaccel_api.v1alpha1 import (
     AcceleratedModel,
     AcceleratedModelSpec,
     CandidateReport,
     DataSource,
+    ExecutionProvider,
     OptimizationStatus,
     SourceFormat,
 )
 from kubeaccel_api.version import __version__
 from onnx import ModelProto
 
-from kubeaccel_runtime import onnx_io
-from kubeaccel_runtime.artifact_manifest import TensorInfo
+from kubeaccel_runtime import gpu_info, onnx_io
+from kubeaccel_runtime.artifact_manifest import EngineCache, TensorInfo
 from kubeaccel_runtime.optimize import accuracy, artifact, cpu, stages
 from kubeaccel_runtime.optimize import data as sample_data
 from kubeaccel_runtime.optimize import source as sources
 from kubeaccel_runtime.optimize.bench import BenchSettings, Latency, measure, peak_rss, top_ops
-from kubeaccel_runtime.optimize.config import Candidate, GraphOptConfig
-from kubeaccel_runtime.optimize.errors import ContractMismatch, OptimizeError, UnsupportedModel
+from kubeaccel_runtime.optimize.config import Candidate, GraphOptConfig, Precision
+from kubeaccel_runtime.optimize.engine_cache import BuiltEngines, build_engines, shard_options
+from kubeaccel_runtime.optimize.errors import (
+    ContractMismatch,
+    OptimizeError,
+    ProviderUnavailable,
+    UnsupportedModel,
+)
 from kubeaccel_runtime.optimize.partition import Shard, partition
 from kubeaccel_runtime.optimize.plan import BASELINE, Plan, build_plan, needs_calibration
-from kubeaccel_runtime.optimize.session import (
-    Chain,
-    SessionSettings,
-    create,
-    effective_provider,
-    providers_for,
-)
+from kubeaccel_runtime.optimize.session import Chain, SessionSettings, create, effective_provider
+from kubeaccel_runtime.serve.session import LoadError, choose_providers
+from kubeaccel_runtime.trt import CPU, ENGINE_CACHE_DIR, TENSORRT, serving_batches, trt_options
 
 # Batch sizes above this are not benchmarked (time and memory of the Job).
 BENCH_BATCH_CAP = 32
@@ -83,6 +87,8 @@ class RunOptions:
     cpu: cpu.CpuFeatures | None = None
     measure_rss: bool = True
     profile: bool = True
+    # Build the shards' TensorRT engines into the artifact when TensorRT serves them.
+    engine_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,7 @@ def run_optimization(
             spec_wire=spec.to_wire(),
             report=report,
             force=True,
+            engines=job.engines,
         )
         events.done("write", str(path))
     return OptimizeResult(path, report, reused=False)
@@ -226,6 +233,10 @@ class _Job:
         self.source_sha256 = ""
         self.companions: dict[str, str] = {}
         self.session_settings = SessionSettings(threads=opts.threads)
+        self.target = serving_target(resource.spec)
+        self.provider_notes: list[str] = []
+        self.providers_requested: list[str] = []
+        self.engines: tuple[Path, EngineCache] | None = None
 
     # ------------------------------------------------------------------ ends: IO
 
@@ -307,8 +318,48 @@ class _Job:
             level=self.spec.optimization.graph_optimization_level,
         )
 
+    def wanted_providers(self) -> list[str]:
+        """The providers the shards will ask for on the target, as the server chooses them."""
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        try:
+            return choose_providers(self.target.provider, available)
+        except LoadError as exc:
+            raise ProviderUnavailable(f"{exc}; {self._where()}") from None
+
+    def _where(self) -> str:
+        return (
+            f"the spec targets {self.target.describe()}, and a GPU target is optimized where "
+            "it will serve: on the GPU image, with a GPU"
+        )
+
+    def check_provider(self, used: str, wanted: list[str]) -> None:
+        """A GPU target's figures must come from its GPU: refuse or flag a CPU fallback."""
+        if used == wanted[0]:
+            return
+        message = (
+            f"onnxruntime runs the model on {used}, not {wanted[0]} (no usable GPU, or "
+            f"missing CUDA/TensorRT libraries)"
+        )
+        if self.target.provider is not ExecutionProvider.AUTO:
+            raise ProviderUnavailable(
+                f"executionProvider {self.target.provider.value}: {message}; {self._where()}"
+            )
+        self.provider_notes.append(f"{message}; the figures describe {used}")
+
+    def trt_settings(self, precision: Precision) -> SessionSettings:
+        """Session settings for a candidate of `precision` (TensorRT needs its flags)."""
+        if TENSORRT not in self.session_settings.providers:
+            return self.session_settings
+        return self.session_settings.with_trt(
+            trt_options(fp16=precision is Precision.FP16, int8=precision is Precision.INT8)
+        )
+
     def baseline(self, model: ModelProto) -> tuple[Chain, str]:
-        settings = self.settings(providers_for(self.spec.runtime.execution_provider))
+        wanted = self.wanted_providers()
+        self.providers_requested = wanted
+        settings = self.settings(tuple(wanted))
         try:
             session = create(model, settings)
         except Exception as exc:  # onnxruntime raises Fail/InvalidGraph/NotImplemented
@@ -316,10 +367,11 @@ class _Job:
                 f"onnxruntime cannot run the model: {onnx_io.first_line(exc)}"
             ) from None
         provider = effective_provider(session)
+        self.check_provider(provider, wanted)
+        # Later sessions ask for what the baseline got, then what comes after it.
+        rest = wanted[wanted.index(provider) :] if provider in wanted else [provider, CPU]
         self.session_settings = SessionSettings(
-            providers=tuple(dict.fromkeys((provider, "CPUExecutionProvider"))),
-            threads=settings.threads,
-            level=settings.level,
+            providers=tuple(rest), threads=settings.threads, level=settings.level
         )
         return Chain([session], [o.name for o in session.get_outputs()]), provider
 
@@ -354,7 +406,7 @@ class _Job:
             try:
                 built, records = stages.run_steps(model, candidate.steps)
                 outputs = accuracy.run_all(
-                    Chain.of([built], self.session_settings), validation, batch
+                    Chain.of([built], self.trt_settings(candidate.precision)), validation, batch
                 )
             except OptimizeError as exc:
                 if not plan.auto:
@@ -393,7 +445,9 @@ class _Job:
         variants: dict[str, Chain] = {f"{BASELINE} (original)": base}
         for m in ok:
             if not m.candidate.is_baseline and m.model is not None:
-                variants[m.candidate.name] = Chain.of([m.model], self.session_settings)
+                variants[m.candidate.name] = Chain.of(
+                    [m.model], self.trt_settings(m.candidate.precision)
+                )
         timings = measure(variants, feeds, self.opts.bench)
         base_lat = timings[f"{BASELINE} (original)"]
         for m in ok:
@@ -477,13 +531,12 @@ class _Job:
         )
 
         self.events.start("verify", "final artifact vs original")
-        final_chain = Chain.of([s.model for s in final], self.session_settings)
+        final_settings = self.trt_settings(chosen.candidate.precision)
+        final_chain = Chain.of([s.model for s in final], final_settings)
         final_outputs = accuracy.run_all(final_chain, validation, batch)
         figures = accuracy.compare(reference, final_outputs, validation.labels)
         accuracy.check_budget(figures, budget, f"the final artifact ({chosen.candidate.name})")
-        unsplit = accuracy.run_all(
-            Chain.of([chosen_model], self.session_settings), validation, batch
-        )
+        unsplit = accuracy.run_all(Chain.of([chosen_model], final_settings), validation, batch)
         split_diff = accuracy.compare(unsplit, final_outputs, None).max_abs_diff
         self.events.done("verify", f"max abs diff {figures.max_abs_diff:.3g}")
 
@@ -491,29 +544,28 @@ class _Job:
         timings = measure({"before": base, "after": final_chain}, feeds, self.opts.bench)
         small = feeds[min(feeds)]
         big = feeds[max(feeds)]
+        # Profiling and the RSS subprocess would build every TensorRT engine again.
+        host_figures = provider != TENSORRT
+        profile = self.opts.profile and host_figures
         bottlenecks = (
-            top_ops(
-                [s.model for s in final], small, self.session_settings, self.opts.bench.profile_runs
-            )
-            if self.opts.profile
+            top_ops([s.model for s in final], small, final_settings, self.opts.bench.profile_runs)
+            if profile
             else []
         )
         bottlenecks_before = (
             top_ops([model], small, self.session_settings, self.opts.bench.profile_runs)
-            if self.opts.profile
+            if profile
             else []
         )
-        rss_before = (
-            peak_rss([model], big, self.opts.bench, self.session_settings)
-            if self.opts.measure_rss
-            else None
-        )
+        rss = self.opts.measure_rss and host_figures
+        rss_before = peak_rss([model], big, self.opts.bench, self.session_settings) if rss else None
         rss_after = (
-            peak_rss([s.model for s in final], big, self.opts.bench, self.session_settings)
-            if self.opts.measure_rss
+            peak_rss([s.model for s in final], big, self.opts.bench, final_settings)
+            if rss
             else None
         )
         self.events.done("bench", "")
+        engines = self.build_engines(final, chosen.candidate.precision, provider)
 
         report = _report(
             aid=aid,
@@ -533,8 +585,45 @@ class _Job:
             graph_notes=graph_notes,
             validation=validation,
             features=features,
+            engines=engines,
+            gpus=self.gpus(provider),
         )
         return final, report, provider
+
+    def gpus(self, provider: str) -> dict[str, Any] | None:
+        """nvidia-smi's view of the GPUs, for a report measured on a GPU provider."""
+        if provider == CPU:
+            return None
+        found, why = gpu_info.query()
+        return {"gpus": [g.to_report() for g in found], "problem": why}
+
+    def build_engines(
+        self, final: list[Shard], precision: Precision, provider: str
+    ) -> BuiltEngines | None:
+        """Build the shards' TensorRT engines for the artifact when TensorRT serves them."""
+        if provider != TENSORRT or not self.opts.engine_cache:
+            return None
+        opt_batch, max_batch = serving_batches(self.spec)
+        options = shard_options(final, precision, opt_batch=opt_batch, max_batch=max_batch)
+        self.events.start("engines", f"TensorRT engines for {len(final)} shard(s)")
+        built = build_engines(final, options, self.work, self.opts.threads)
+        self.engines = (
+            built.folder,
+            EngineCache(
+                provider=TENSORRT,
+                dir=ENGINE_CACHE_DIR,
+                gpu=built.gpu,
+                compute_capability=built.compute_capability,
+                shard_options=built.shard_options,
+                files={},  # recorded by the artifact writer as it copies them
+            ),
+        )
+        self.events.done(
+            "engines",
+            f"{len(built.files)} file(s) on {built.gpu}, "
+            f"{built.notes['rebuiltOnReload']} rebuilt on reload",
+        )
+        return built
 
 
 def _lat(latency: dict[int, Latency]) -> dict[str, Any]:
@@ -563,6 +652,8 @@ def _report(
     graph_notes: list[dict[str, Any]],
     validation: sample_data.Samples,
     features: cpu.CpuFeatures,
+    engines: BuiltEngines | None,
+    gpus: dict[str, Any] | None,
 ) -> dict[str, Any]:
     spec = job.spec
     bytes_after = sum(onnx_io.model_bytes(s.model) for s in final)
@@ -635,6 +726,21 @@ def _report(
             "externalData": job.companions,
         },
         "executionProvider": provider,
+        "target": {
+            **job.target.to_wire(),
+            "providersRequested": job.providers_requested,
+            "providerUsed": provider,
+            "notes": job.provider_notes,
+        },
+        "engineCache": None
+        if engines is None
+        else {
+            "gpu": engines.gpu,
+            "computeCapability": engines.compute_capability,
+            "files": sorted(engines.files),
+            "shardOptions": engines.shard_options,
+            **engines.notes,
+        },
         "sizes": {
             "bytesBefore": fetched_bytes,
             "bytesAfter": bytes_after,
@@ -680,6 +786,7 @@ def _report(
             "arch": features.arch,
             "vnni": features.vnni,
             "int8ReduceRange": saturation.to_notes(),
+            "gpu": gpus,
         },
         "bench": {
             "threads": job.opts.threads,

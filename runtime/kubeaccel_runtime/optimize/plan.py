@@ -25,7 +25,7 @@ from kubeaccel_runtime.optimize.config import (
 )
 from kubeaccel_runtime.optimize.cpu import SaturationDecision
 from kubeaccel_runtime.optimize.data import Samples
-from kubeaccel_runtime.optimize.session import GPU_PROVIDERS
+from kubeaccel_runtime.trt import CUDA, TENSORRT
 
 BASELINE = "fp32"
 
@@ -51,6 +51,7 @@ def _quant_step(
     spec: AcceleratedModelSpec,
     saturation: SaturationDecision,
     calibration: Samples | None,
+    provider: str,
 ) -> Step | None:
     quant = spec.optimization.quantization
     if mode is QuantizationMode.DYNAMIC_INT8:
@@ -62,13 +63,16 @@ def _quant_step(
         if calibration is None:
             raise ValueError("static INT8 needs calibration samples")
         method = quant.calibration.method if quant.calibration else CalibrationMethod.MINMAX
+        # TensorRT takes symmetric INT8 only; the u8s8 saturation guard is a CPU concern.
+        tensorrt = provider == TENSORRT
         return Step(
             stages.QUANTIZE_STATIC,
             StaticQuantConfig(
                 calibration=calibration,
                 method=method,
                 per_channel=quant.per_channel,
-                reduce_range=saturation.reduce_range,
+                reduce_range=saturation.reduce_range and not tensorrt,
+                symmetric=tensorrt,
             ),
         )
     if mode is QuantizationMode.FP16:
@@ -90,6 +94,7 @@ def candidate(
     spec: AcceleratedModelSpec,
     saturation: SaturationDecision,
     calibration: Samples | None,
+    provider: str,
 ) -> Candidate:
     """One configuration: optional pruning, then the precision change."""
     steps: list[Step] = []
@@ -97,7 +102,7 @@ def candidate(
     if pruning is not None and pruning.sparsity > 0:
         steps.append(_prune_step(pruning))
         parts.append(f"{pruning.method.value}{pruning.sparsity:g}")
-    quant = _quant_step(mode, spec, saturation, calibration)
+    quant = _quant_step(mode, spec, saturation, calibration, provider)
     if quant is not None:
         steps.append(quant)
         parts.append(mode.value)
@@ -110,10 +115,19 @@ def candidate(
 
 
 def auto_modes(provider: str) -> list[QuantizationMode]:
-    """Auto search order: static INT8, dynamic INT8, FP16 (GPU only), FP32."""
-    modes = [QuantizationMode.STATIC_INT8, QuantizationMode.DYNAMIC_INT8]
-    if provider in GPU_PROVIDERS:
-        modes.append(QuantizationMode.FP16)
+    """Auto search order: the precisions that can be faster on the provider, then FP32.
+
+    CPU: static and dynamic INT8 (FP16 only halves the file there). CUDA: FP16; the CUDA
+    provider has no kernels for the quantizer's INT8 graphs (DynamicQuantizeLinear,
+    QLinear*), which run as FP32 plus Q/DQ nodes or fall back to the CPU. TensorRT: static
+    INT8 in symmetric QDQ, which it compiles to INT8 kernels, and FP16.
+    """
+    if provider == TENSORRT:
+        modes = [QuantizationMode.STATIC_INT8, QuantizationMode.FP16]
+    elif provider == CUDA:
+        modes = [QuantizationMode.FP16]
+    else:
+        modes = [QuantizationMode.STATIC_INT8, QuantizationMode.DYNAMIC_INT8]
     return [*modes, QuantizationMode.NONE]
 
 
@@ -128,13 +142,13 @@ def build_plan(
     opt = spec.optimization
     mode = opt.quantization.mode
     if mode is not QuantizationMode.AUTO:
-        only = candidate(mode, opt.pruning, spec, saturation, calibration)
+        only = candidate(mode, opt.pruning, spec, saturation, calibration, provider)
         return Plan((only,), auto=False, provider=provider, saturation=saturation)
     prunings: list[PruningSpec | None] = [opt.pruning, None] if opt.pruning else [None]
     found: dict[str, Candidate] = {}
     for each in auto_modes(provider):
         for pruning in prunings:
-            c = candidate(each, pruning, spec, saturation, calibration)
+            c = candidate(each, pruning, spec, saturation, calibration, provider)
             found.setdefault(c.name, c)
     return Plan(tuple(found.values()), auto=True, provider=provider, saturation=saturation)
 

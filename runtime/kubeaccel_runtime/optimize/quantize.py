@@ -122,7 +122,7 @@ def quantize_dynamic_int8(model: ModelProto, config: DynamicQuantConfig) -> Stag
 
 
 def quantize_static_int8(model: ModelProto, config: StaticQuantConfig) -> StageOutput:
-    """Static INT8 QDQ (u8 activations, s8 per-channel weights) calibrated on samples."""
+    """Static INT8 QDQ (u8 or symmetric s8 activations, s8 weights) calibrated on samples."""
     fixed = onnx_io.fixed_batch(model)
     batch = fixed if fixed is not None else CALIBRATION_BATCH
     samples = config.calibration
@@ -131,6 +131,9 @@ def quantize_static_int8(model: ModelProto, config: StaticQuantConfig) -> StageO
     extra: dict[str, object] = {}
     if config.method is CalibrationMethod.PERCENTILE:
         extra["CalibPercentile"] = 99.99
+    if config.symmetric:
+        extra.update(ActivationSymmetric=True, WeightSymmetric=True)
+    activations = QuantType.QInt8 if config.symmetric else QuantType.QUInt8
     with tempfile.TemporaryDirectory(prefix="kubeaccel-sq-") as tmp, _quiet_root_logger():
         src, pre, out = Path(tmp, "in.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "out.onnx")
         onnx_io.save(model, src)
@@ -144,7 +147,7 @@ def quantize_static_int8(model: ModelProto, config: StaticQuantConfig) -> StageO
                 op_types_to_quantize=list(config.op_types) if config.op_types else None,
                 per_channel=config.per_channel,
                 reduce_range=config.reduce_range,
-                activation_type=QuantType.QUInt8,
+                activation_type=activations,
                 weight_type=QuantType.QInt8,
                 calibrate_method=_ORT_METHOD[config.method],
                 use_external_data_format=onnx_io.needs_external_data(model),
@@ -155,7 +158,7 @@ def quantize_static_int8(model: ModelProto, config: StaticQuantConfig) -> StageO
         result = onnx_io.load(out)
     notes: dict[str, object] = {
         "format": "QDQ",
-        "activations": "uint8",
+        "activations": "int8 symmetric" if config.symmetric else "uint8",
         "weights": "int8",
         "perChannel": config.per_channel,
         "reduceRange": config.reduce_range,

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from kubeaccel_api.v1alpha1 import ExecutionProvider, GraphOptimizationLevel
+from kubeaccel_api.v1alpha1 import GraphOptimizationLevel
 from onnx import ModelProto
 
 import kubeaccel_runtime.ort_guard  # noqa: F401 (refuses a cpu+gpu mixed install)
 from kubeaccel_runtime import onnx_io
+from kubeaccel_runtime.trt import CPU, provider_specs
 
 ORT_LEVEL = {
     GraphOptimizationLevel.DISABLED: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -20,14 +21,6 @@ ORT_LEVEL = {
     GraphOptimizationLevel.EXTENDED: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     GraphOptimizationLevel.ALL: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-CPU = "CPUExecutionProvider"
-_WANTED = {
-    ExecutionProvider.CPU: [CPU],
-    ExecutionProvider.CUDA: ["CUDAExecutionProvider", CPU],
-    ExecutionProvider.TENSORRT: ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU],
-    ExecutionProvider.AUTO: ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU],
-}
-GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
 
 
 @dataclass(frozen=True)
@@ -37,16 +30,12 @@ class SessionSettings:
     providers: tuple[str, ...] = (CPU,)
     threads: int = 1
     level: GraphOptimizationLevel = GraphOptimizationLevel.ALL
+    # TensorRT options (precision flags, profile, engine cache) when TensorRT is listed.
+    trt_options: Mapping[str, str] | None = None
 
-
-def providers_for(choice: ExecutionProvider) -> tuple[str, ...]:
-    """Providers to ask for, in preference order, limited to those this build offers.
-
-    onnxruntime-gpu lists CUDA even without a GPU and silently falls back to CPU, so the
-    provider really used is read back from a session (`effective_provider`).
-    """
-    available = set(ort.get_available_providers())
-    return tuple(p for p in _WANTED[choice] if p in available) or (CPU,)
+    def with_trt(self, options: Mapping[str, str] | None) -> SessionSettings:
+        """The same settings with other TensorRT options."""
+        return replace(self, trt_options=options)
 
 
 def session_options(
@@ -73,12 +62,16 @@ def create(
     return ort.InferenceSession(
         blob,
         sess_options=session_options(settings, profile_prefix=profile_prefix),
-        providers=list(settings.providers),
+        providers=provider_specs(settings.providers, settings.trt_options),
     )
 
 
 def effective_provider(session: ort.InferenceSession) -> str:
-    """The provider a session really uses first."""
+    """The provider a session really uses first.
+
+    onnxruntime-gpu lists CUDA even without a GPU and silently falls back to CPU, so only
+    a created session tells which provider runs.
+    """
     return str(session.get_providers()[0])
 
 

@@ -7,10 +7,12 @@ requested says nothing about what runs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +35,10 @@ from kubeaccel_runtime.serve.contract import (
     rules_from_spec,
 )
 from kubeaccel_runtime.serve.dtypes import FROM_ORT
+from kubeaccel_runtime.trt import CPU, CUDA, TENSORRT, provider_specs, with_engine_cache
 
 log = logging.getLogger("kubeaccel.serve")
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-TENSORRT = "TensorrtExecutionProvider"
 PROVIDER_NAME: dict[ExecutionProvider, str] = {
     ExecutionProvider.CPU: CPU,
     ExecutionProvider.CUDA: CUDA,
@@ -57,7 +57,8 @@ class SessionConfig:
 
     provider: ExecutionProvider = ExecutionProvider.AUTO
     intra_op_threads: int | None = None  # None: the cgroup CPU limit
-    trt_cache_dir: str | None = None
+    # TensorRT provider options (precision, profile, engine cache); None: TensorRT defaults.
+    trt_options: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,18 +127,6 @@ def choose_providers(requested: ExecutionProvider, available: Sequence[str]) -> 
     return [wanted] if wanted == CPU else [wanted, CPU]
 
 
-def _provider_options(providers: list[str], cfg: SessionConfig) -> list[Any]:
-    out: list[Any] = []
-    for p in providers:
-        if p == TENSORRT and cfg.trt_cache_dir:
-            out.append(
-                (p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": cfg.trt_cache_dir})
-            )
-        else:
-            out.append(p)
-    return out
-
-
 def create_session(path: Path, cfg: SessionConfig) -> tuple[Any, str, int]:
     """An InferenceSession for `path`; returns (session, provider in use, intra-op threads)."""
     import onnxruntime as ort
@@ -153,13 +142,19 @@ def create_session(path: Path, cfg: SessionConfig) -> tuple[Any, str, int]:
     # Spinning threads burn the pod's CPU quota and starve other sessions (TESTING.md).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    started = time.perf_counter()
     try:
         session = ort.InferenceSession(
-            str(path), sess_options=opts, providers=_provider_options(providers, cfg)
+            str(path), sess_options=opts, providers=provider_specs(providers, cfg.trt_options)
         )
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         raise LoadError(f"{path}: onnxruntime cannot load the shard: {exc}") from exc
     in_use = session.get_providers()[0]
+    # A TensorRT engine built here instead of loaded from the artifact shows as seconds.
+    log.info(
+        "session created",
+        extra={"in_use": in_use, "load_s": round(time.perf_counter() - started, 3)},
+    )
     if cfg.provider is not ExecutionProvider.AUTO and in_use != providers[0]:
         raise LoadError(
             f"executionProvider {cfg.provider.value} was requested but onnxruntime fell back "
@@ -245,6 +240,21 @@ def build_contract(
     return contract, final
 
 
+def with_artifact_engines(
+    cfg: SessionConfig, artifact_dir: Path, manifest: Manifest, shard_index: int
+) -> SessionConfig:
+    """Point TensorRT at the engines the Job built into the artifact, with their options.
+
+    The folder is read-only in a pod; onnxruntime only writes there on a miss (another
+    GPU class or image), and then keeps the engine it built in memory.
+    """
+    cache = manifest.engine_cache
+    if cache is None or cfg.trt_options is not None:
+        return cfg
+    options = with_engine_cache(cache.shard_options[shard_index], str(artifact_dir / cache.dir))
+    return dataclasses.replace(cfg, trt_options=options)
+
+
 def load_shard(
     artifact_dir: Path,
     shard_index: int,
@@ -268,6 +278,7 @@ def load_shard(
     except ValueError as exc:
         raise LoadError(f"the manifest's embedded spec is invalid: {exc}") from None
     cfg = config or SessionConfig(provider=spec.runtime.execution_provider)
+    cfg = with_artifact_engines(cfg, artifact_dir, manifest, shard_index)
     session, provider, threads = create_session(path, cfg)
     contract, final = build_contract(manifest, spec, shard_index, session, forwarding)
     batch_ok = all(r.batched for r in (*contract.inputs, *contract.outputs))
