@@ -95,7 +95,9 @@ class Manifest(_Model):
 
     def to_json(self) -> str:
         """Serialize as written to disk (camelCase, stable key order)."""
-        return json.dumps(self.model_dump(mode="json", by_alias=True), indent=2) + "\n"
+        # Absent optional sections (no engine cache) stay out of the file.
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return json.dumps(data, indent=2) + "\n"
 
 
 def sha256_file(path: Path) -> str:

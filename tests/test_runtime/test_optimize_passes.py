@@ -185,6 +185,29 @@ def test_static_int8_inserts_per_channel_qdq_and_stays_close(opt_models, opt_run
     assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.8
 
 
+def test_symmetric_static_int8_has_int8_activations_and_zero_points_for_tensorrt(
+    opt_models, opt_run
+):
+    model = opt_models.cnn()
+    calib = Samples({"input": _x((32, 1, 8, 8), seed=7)}, None, "test")
+    out = stages.run_stage(
+        stages.QUANTIZE_STATIC, model, StaticQuantConfig(calibration=calib, symmetric=True)
+    )
+    zero_points = [
+        _weights(out.model, n.input[2])
+        for n in out.model.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2
+    ]
+    # Zero points all 0; activations and weights s8 (biases stay int32, as quantized).
+    assert zero_points and not any(z.any() for z in zero_points)
+    assert {z.dtype for z in zero_points} <= {np.dtype(np.int8), np.dtype(np.int32)}
+    assert np.dtype(np.int8) in {z.dtype for z in zero_points}
+    assert out.notes["activations"] == "int8 symmetric"
+    x = {"input": _x((32, 1, 8, 8))}
+    ref, got = opt_run(model, x)[0], opt_run(out.model, x)[0]
+    assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.8
+
+
 def test_static_int8_records_the_reduce_range_decision(opt_models):
     calib = Samples({"input": _x((8, 64))}, None, "test")
     out = stages.run_stage(

@@ -40,9 +40,37 @@ def test_auto_on_cpu_tries_static_then_dynamic_int8_then_fp32():
     assert _names(_spec(quantization={"mode": "auto"})) == ["static-int8", "dynamic-int8", "fp32"]
 
 
-def test_auto_tries_fp16_only_on_a_gpu_provider():
+def test_auto_on_cuda_tries_fp16_then_fp32_only():
     names = _names(_spec(quantization={"mode": "auto"}), provider="CUDAExecutionProvider")
-    assert names == ["static-int8", "dynamic-int8", "fp16", "fp32"]
+    assert names == ["fp16", "fp32"]
+
+
+def test_auto_on_tensorrt_tries_static_int8_then_fp16_then_fp32():
+    names = _names(_spec(quantization={"mode": "auto"}), provider="TensorrtExecutionProvider")
+    assert names == ["static-int8", "fp16", "fp32"]
+
+
+def test_static_int8_for_tensorrt_is_symmetric_and_ignores_the_cpu_saturation_guard():
+    spec = _spec(quantization={"mode": "static-int8", "calibration": {"samples": 4}})
+    [trt] = build_plan(
+        spec, provider="TensorrtExecutionProvider", saturation=NO_VNNI, calibration=CALIB
+    ).candidates
+    [cpu] = build_plan(
+        spec, provider="CPUExecutionProvider", saturation=NO_VNNI, calibration=CALIB
+    ).candidates
+    trt_config, cpu_config = trt.steps[0].config, cpu.steps[0].config
+    assert isinstance(trt_config, StaticQuantConfig) and isinstance(cpu_config, StaticQuantConfig)
+    assert trt_config.symmetric and not trt_config.reduce_range
+    assert not cpu_config.symmetric and cpu_config.reduce_range
+
+
+def test_a_fixed_mode_is_planned_on_any_provider():
+    spec = _spec(quantization={"mode": "dynamic-int8"})
+    for provider in ("CPUExecutionProvider", "CUDAExecutionProvider"):
+        [only] = build_plan(
+            spec, provider=provider, saturation=NO_VNNI, calibration=None
+        ).candidates
+        assert only.name == "dynamic-int8"
 
 
 def test_auto_with_pruning_tries_each_precision_with_and_without_it():

@@ -335,14 +335,22 @@ class _Job:
         )
 
     def check_provider(self, used: str, wanted: list[str]) -> None:
-        """A GPU target's figures must come from its GPU: refuse or flag a CPU fallback."""
-        if used == wanted[0]:
+        """A GPU target's figures must come from its GPU: refuse or flag a fallback.
+
+        An explicit cuda/tensorrt target fails the Job; `auto` carries on (as the shards
+        would) and the report says which provider the figures describe.
+        """
+        explicit = self.target.provider is not ExecutionProvider.AUTO
+        if self.target.is_gpu and used == CPU:
+            message = (
+                f"onnxruntime runs the model on {used} (no usable GPU, or missing CUDA/TensorRT "
+                f"libraries; providers asked for: {', '.join(wanted)})"
+            )
+        elif used != wanted[0]:
+            message = f"onnxruntime runs the model on {used}, not {wanted[0]}"
+        else:
             return
-        message = (
-            f"onnxruntime runs the model on {used}, not {wanted[0]} (no usable GPU, or "
-            f"missing CUDA/TensorRT libraries)"
-        )
-        if self.target.provider is not ExecutionProvider.AUTO:
+        if explicit:
             raise ProviderUnavailable(
                 f"executionProvider {self.target.provider.value}: {message}; {self._where()}"
             )
