@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from kubeaccel_api.target import GPU_PRODUCT_LABEL as GPU_PRODUCT
 from kubeaccel_api.v1alpha1 import AcceleratedModel, AcceleratedModelStatus
 from kubeaccel_operator.errors import InvalidSpec
 from kubeaccel_operator.manifests.common import job_name
@@ -438,6 +439,84 @@ def case_missing_claim_waits() -> Case:
     )
 
 
+def case_cpu_model_moved_to_a_gpu_reoptimizes_on_the_gpu() -> Case:
+    cpu = {"runtime": {"executionProvider": "auto"}}
+    gpu = {"runtime": {"executionProvider": "auto", "resources": {"gpus": 1}}}
+    new_artifact = aid(gpu)
+    assert new_artifact != aid(cpu)
+
+    def check(plan: Plan) -> None:
+        [job] = [o for o in plan.objects if o["kind"] == "Job"]
+        pod = job["spec"]["template"]["spec"]
+        assert pod["containers"][0]["image"] == CFG.gpu_runtime_image
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert plan.status.deployed_artifact_id == aid(cpu)  # the CPU shards keep serving
+
+    return Case(
+        res=model(gpu, status=ready_status(cpu), generation=2),
+        seen=observed(*serving(cpu)),
+        phase="Optimizing",
+        conditions={
+            "Optimized": ("Unknown", "JobCreated"),
+            "Deployed": ("Unknown", "ServingPreviousArtifact"),
+        },
+        applies={
+            "ConfigMap/mnist-spec",
+            "PersistentVolumeClaim/mnist-artifacts",
+            f"Job/{job_name(NAME, new_artifact)}",
+        },
+        events=["Normal/Optimizing"],
+        check=check,
+    )
+
+
+def _on_product(product: str) -> dict[str, Any]:
+    return {**GPU2, "runtime": {**GPU2["runtime"], "nodeSelector": {GPU_PRODUCT: product}}}
+
+
+def case_gpu_product_change_reoptimizes_for_the_new_gpu() -> Case:
+    h100, h200 = _on_product("NVIDIA-H100"), _on_product("NVIDIA-H200")
+    assert aid(h100) != aid(h200)
+
+    def check(plan: Plan) -> None:
+        [job] = [o for o in plan.objects if o["kind"] == "Job"]
+        assert job["spec"]["template"]["spec"]["nodeSelector"] == {GPU_PRODUCT: "NVIDIA-H200"}
+
+    return Case(
+        res=model(h200, status=ready_status(h100), generation=2),
+        seen=observed(*serving(h100)),
+        phase="Optimizing",
+        conditions={"Deployed": ("Unknown", "ServingPreviousArtifact")},
+        applies={
+            "ConfigMap/mnist-spec",
+            "PersistentVolumeClaim/mnist-artifacts",
+            f"Job/{job_name(NAME, aid(h200))}",
+        },
+        events=["Normal/Optimizing"],
+        check=check,
+    )
+
+
+def case_gpu_placement_change_only_rolls_the_shards() -> Case:
+    tolerant = {
+        **GPU2,
+        "runtime": {
+            **GPU2["runtime"],
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }
+    assert aid(tolerant) == aid(GPU2)
+    return Case(
+        res=model(tolerant, status=ready_status(GPU2), generation=2),
+        seen=observed(*serving(GPU2)),
+        phase="Deploying",
+        conditions={"Optimized": ("True", "Optimized")},
+        applies={o["kind"] + "/" + o["metadata"]["name"] for o in serving(GPU2)},
+        events=["Normal/Deploying"],
+        check=lambda plan: _assert(not [o for o in plan.objects if o["kind"] == "Job"]),
+    )
+
+
 def _assert(condition: bool) -> None:
     assert condition
 
@@ -459,6 +538,9 @@ CASES = {
     "shard count change": case_shard_count_change_removes_the_extra_shard,
     "child deleted": case_child_deleted_by_hand,
     "missing claim": case_missing_claim_waits,
+    "cpu model moved to a gpu": case_cpu_model_moved_to_a_gpu_reoptimizes_on_the_gpu,
+    "gpu product change": case_gpu_product_change_reoptimizes_for_the_new_gpu,
+    "gpu placement change": case_gpu_placement_change_only_rolls_the_shards,
 }
 
 

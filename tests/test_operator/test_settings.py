@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from kubeaccel_operator.settings import Settings, SettingsError
+from kubeaccel_operator.settings import Settings, SettingsError, image_repository
 
 
 def test_defaults_serve_the_whole_cluster_standalone_with_the_versioned_image() -> None:
@@ -16,6 +16,7 @@ def test_defaults_serve_the_whole_cluster_standalone_with_the_versioned_image() 
     assert cfg.standalone
     assert cfg.runtime_image == "ghcr.io/kubeaccel/runtime:0.1.0"
     assert cfg.optimizer_image == "ghcr.io/kubeaccel/optimizer:0.1.0"
+    assert cfg.gpu_runtime_image == "ghcr.io/kubeaccel/runtime:0.1.0-gpu"
     assert cfg.gpu_resource_name == "nvidia.com/gpu"
     assert cfg.liveness_endpoint == "http://0.0.0.0:8080/healthz"
 
@@ -41,6 +42,35 @@ def test_every_setting_is_read_from_its_kubeaccel_variable() -> None:
     assert cfg.liveness_endpoint == "http://0.0.0.0:9090/healthz"
     assert not cfg.standalone and cfg.peering_name == "kubeaccel"
     assert Settings.from_env({"KUBEACCEL_PEERING_NAME": ""}).standalone
+
+
+@pytest.mark.parametrize(
+    ("runtime", "gpu"),
+    [
+        ("reg.example/rt:1.2", "reg.example/rt:0.1.0-gpu"),
+        ("reg.example:5000/team/rt:1.2", "reg.example:5000/team/rt:0.1.0-gpu"),
+        ("reg.example:5000/rt@sha256:" + "a" * 64, "reg.example:5000/rt:0.1.0-gpu"),
+        ("reg.example:5000/rt:1@sha256:" + "a" * 64, "reg.example:5000/rt:0.1.0-gpu"),
+        ("kubeaccel/runtime", "kubeaccel/runtime:0.1.0-gpu"),
+        ("runtime:latest", "runtime:0.1.0-gpu"),
+    ],
+)
+def test_the_gpu_image_defaults_to_the_runtime_repository_with_a_gpu_tag(
+    runtime: str, gpu: str
+) -> None:
+    assert Settings.from_env({"KUBEACCEL_RUNTIME_IMAGE": runtime}).gpu_runtime_image == gpu
+
+
+def test_an_explicit_gpu_image_wins_and_an_empty_one_means_the_default() -> None:
+    env = {"KUBEACCEL_RUNTIME_IMAGE": "reg/rt:1", "KUBEACCEL_GPU_RUNTIME_IMAGE": "reg/rt-cuda:7"}
+    assert Settings.from_env(env).gpu_runtime_image == "reg/rt-cuda:7"
+    env["KUBEACCEL_GPU_RUNTIME_IMAGE"] = ""
+    assert Settings.from_env(env).gpu_runtime_image == "reg/rt:0.1.0-gpu"
+
+
+def test_image_repository_drops_tag_and_digest_but_keeps_a_registry_port() -> None:
+    assert image_repository("localhost:5000/a/b:1@sha256:" + "0" * 64) == "localhost:5000/a/b"
+    assert image_repository("localhost:5000/a/b") == "localhost:5000/a/b"
 
 
 def test_settings_are_frozen() -> None:

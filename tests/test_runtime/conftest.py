@@ -252,6 +252,7 @@ def opt_write_spec(
     name: str = "tiny",
     inputs: list[dict[str, object]] | None = None,
     optimization: dict[str, object] | None = None,
+    runtime: dict[str, object] | None = None,
 ) -> Path:
     """An AcceleratedModel YAML next to the model, with a file:// URI relative to `directory`."""
     import yaml
@@ -268,6 +269,7 @@ def opt_write_spec(
         "spec": {
             "source": source,
             "optimization": optimization or {},
+            "runtime": runtime or {},
             "inputs": inputs or [{"name": "input", "dtype": "float32", "shape": [-1, 64]}],
         },
     }
