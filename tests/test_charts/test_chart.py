@@ -457,6 +457,7 @@ def test_image_tags_default_to_the_app_version(default_objects: list[dict[str, A
     assert env["KUBEACCEL_RUNTIME_IMAGE"] == f"kubeaccel/runtime:{__version__}"
     assert env["KUBEACCEL_OPTIMIZER_IMAGE"] == f"kubeaccel/optimizer:{__version__}"
     assert (env["KUBEACCEL_OPTIMIZER_CPU"], env["KUBEACCEL_OPTIMIZER_MEMORY"]) == ("500m", "2Gi")
+    assert env["KUBEACCEL_GPU_RUNTIME_IMAGE"] == f"kubeaccel/runtime:{__version__}-gpu"
 
 
 def test_a_digest_pins_the_image_and_a_tag_overrides_the_app_version(render: Render) -> None:
@@ -472,6 +473,36 @@ def test_a_digest_pins_the_image_and_a_tag_overrides_the_app_version(render: Ren
     assert container["image"] == f"reg.example/op@{digest}"
     assert env["KUBEACCEL_RUNTIME_IMAGE"] == "reg.example/rt:1.2.3-gpu"
     assert env["KUBEACCEL_OPTIMIZER_IMAGE"] == f"kubeaccel/optimizer:{__version__}"
+
+
+@pytest.mark.parametrize(
+    ("values", "image"),
+    [
+        (
+            {"runtimeImage": {"repository": "reg.example/rt", "tag": "1.2.3"}},
+            "reg.example/rt:1.2.3-gpu",
+        ),
+        (
+            {"runtimeImage": {"digest": "sha256:" + "cd" * 32}},
+            f"kubeaccel/runtime:{__version__}-gpu",
+        ),
+        ({"gpuRuntimeImage": {"tag": "cuda13"}}, "kubeaccel/runtime:cuda13"),
+        (
+            {
+                "gpuRuntimeImage": {
+                    "repository": "reg.example/rt-gpu",
+                    "digest": "sha256:" + "ef" * 32,
+                }
+            },
+            "reg.example/rt-gpu@sha256:" + "ef" * 32,
+        ),
+    ],
+    ids=["runtime-tag", "runtime-digest", "own-tag", "own-digest"],
+)
+def test_the_gpu_image_follows_the_runtime_image_unless_set(
+    render: Render, values: dict[str, Any], image: str
+) -> None:
+    assert env_of(operator_container(render(values)))["KUBEACCEL_GPU_RUNTIME_IMAGE"] == image
 
 
 def test_the_optimizer_image_and_resources_are_set_on_their_own(render: Render) -> None:
@@ -558,6 +589,7 @@ def test_the_operator_accepts_every_setting_the_chart_gives_it(
     assert tuple(settings.namespaces) == tuple(sorted(watch))
     assert settings.runtime_image == f"kubeaccel/runtime:{__version__}"
     assert settings.optimizer_image == f"kubeaccel/optimizer:{__version__}"
+    assert settings.gpu_runtime_image == f"kubeaccel/runtime:{__version__}-gpu"
     assert settings.gpu_resource_name == "nvidia.com/gpu"
     # The probe and the operator agree on kopf's liveness endpoint.
     port = next(p for p in container["ports"] if p["name"] == "health")["containerPort"]

@@ -85,3 +85,14 @@ The optimizer image the operator gives to the optimization Jobs.
 {{- define "kubeaccel.optimizerImage" -}}
 {{- include "kubeaccel.image" (dict "image" .Values.optimizerImage "root" .) }}
 {{- end }}
+
+{{/*
+The GPU runtime image: gpuRuntimeImage, else the runtime repository with tag "<tag>-gpu"
+(<tag>: runtimeImage.tag, else the chart's appVersion), like the operator's own default.
+*/}}
+{{- define "kubeaccel.gpuRuntimeImage" -}}
+{{- $gpu := .Values.gpuRuntimeImage }}
+{{- $tag := printf "%s-gpu" (default .Chart.AppVersion .Values.runtimeImage.tag) }}
+{{- $img := dict "repository" (default .Values.runtimeImage.repository $gpu.repository) "tag" (default $tag $gpu.tag) "digest" $gpu.digest }}
+{{- include "kubeaccel.image" (dict "image" $img "root" .) }}
+{{- end }}
