@@ -50,14 +50,8 @@ def gpu_job_model(namespace: Kube, example_cnn: dict[str, Any]) -> Iterator[dict
         runtime["nodeSelector"] = {PRODUCT_LABEL: node_labels[PRODUCT_LABEL]}
     namespace.apply(resource)
     yield resource
-    namespace(
-        "delete",
-        "am",
-        resource["metadata"]["name"],
-        "--ignore-not-found",
-        "--wait=false",
-        check=False,
-    )
+    name = resource["metadata"]["name"]
+    namespace("delete", "am", name, "--ignore-not-found", "--wait=false", check=False)
 
 
 def _job_of(namespace: Kube, name: str, artifact: str) -> dict[str, Any] | None:

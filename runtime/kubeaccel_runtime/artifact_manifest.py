@@ -69,6 +69,12 @@ class EngineCache(_Model):
         description="Per shard, the provider options the engine was built with; the "
         "server must use exactly these (without the cache path) to load it."
     )
+    max_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest batch of the engines' optimization profile (None: no explicit "
+        "profile); a server that may run larger batches does not use them.",
+    )
     files: dict[str, str] = Field(description="Engine cache file name -> its SHA-256.")
 
 

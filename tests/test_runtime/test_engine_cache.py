@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kubeaccel_api.v1alpha1 import DType, ExecutionProvider, PartitionBalance
+from kubeaccel_api.v1alpha1 import DType, ExecutionProvider, LimitsSpec, PartitionBalance
 from kubeaccel_runtime.artifact_manifest import (
     ArtifactInvalid,
     EngineCache,
@@ -39,6 +39,7 @@ def _engines(folder: Path) -> tuple[Path, EngineCache]:
         gpu="NVIDIA H200",
         compute_capability="9.0",
         shard_options=OPTIONS,
+        max_batch=64,
         files={},
     )
     return folder, entry
@@ -66,6 +67,7 @@ def test_the_engines_are_copied_into_the_artifact_with_their_digests(tmp_path, o
     manifest = verify_artifact(path)
     cache = manifest.engine_cache
     assert cache is not None and cache.gpu == "NVIDIA H200" and cache.shard_options == OPTIONS
+    assert cache.max_batch == 64
     assert sorted(cache.files) == sorted(p.name for p in (path / ENGINE_CACHE_DIR).iterdir())
     assert (
         json.loads((path / "manifest.json").read_text())["engineCache"]["computeCapability"]
@@ -108,14 +110,25 @@ def test_the_server_points_tensorrt_at_the_artifacts_engines_with_their_options(
 ):
     path = _write(tmp_path, opt_models.mlp())
     manifest = read_manifest(path)
-    cfg = with_artifact_engines(SessionConfig(), path, manifest, 1)
+    spec = manifest.parsed_spec()  # limits.maxBatch 64: inside the engines' profile
+    cfg = with_artifact_engines(SessionConfig(), path, manifest, 1, spec)
     assert cfg.trt_options == {
         **OPTIONS[1],
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": str(path / ENGINE_CACHE_DIR),
     }
     explicit = SessionConfig(trt_options={"trt_fp16_enable": "False"})
-    assert with_artifact_engines(explicit, path, manifest, 1) is explicit
+    assert with_artifact_engines(explicit, path, manifest, 1, spec) is explicit
+
+
+def test_engines_whose_profile_is_too_small_for_the_spec_are_not_used(tmp_path, opt_models):
+    path = _write(tmp_path, opt_models.mlp())
+    manifest = read_manifest(path)
+    raised = manifest.parsed_spec().model_copy(
+        update={"limits": LimitsSpec(max_batch=128)}  # raised after the Job built them
+    )
+    plain = SessionConfig()
+    assert with_artifact_engines(plain, path, manifest, 0, raised) is plain
 
 
 def test_an_artifact_with_engines_still_loads_where_tensorrt_is_not_used(tmp_path, opt_models):

@@ -7,7 +7,6 @@ it could measure.
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
@@ -23,10 +22,6 @@ from kubeaccel_runtime.gpucheck.targets import EXAMPLE_MODELS
 
 STEPS = ("providers", "table", "optimize", "serve")
 SERVE_PREFERENCE = ("cnn", "transformer", "mlp")
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def parse_list(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
@@ -126,10 +121,11 @@ def main_command(
     from kubeaccel_runtime.gpucheck.targets import example, gpu_target
     from kubeaccel_runtime.gpucheck.variants import load_inputs, local_path, measure_model
     from kubeaccel_runtime.optimize.bench import BenchSettings
+    from kubeaccel_runtime.serve.session import cpu_limit
 
     out.mkdir(parents=True, exist_ok=True)
     root = examples.resolve().parent
-    cores = threads or _cpus()
+    cores = threads or cpu_limit()
     run = Run(shlex.join(["gpu-check", *sys.argv[1:]]))
     data = run.report
     data["settings"] = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import platform
 import sys
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from kubeaccel_api.version import __version__
 
 from kubeaccel_runtime import gpu_info
+from kubeaccel_runtime.serve.session import cpu_limit
 
 ORT_DISTRIBUTIONS = ("onnxruntime-gpu", "onnxruntime")
 LIBRARY_PACKAGES = ("tensorrt-cu13-libs", "nvidia-cudnn-cu13", "nvidia-cublas")
@@ -33,9 +33,8 @@ def collect() -> dict[str, Any]:
         "kubeaccelVersion": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpus": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        # What the process may use (cgroup quota, affinity), as the server sizes its threads.
+        "cpus": cpu_limit(),
         "onnxruntime": {
             "version": ort.__version__,
             "distributions": {k: v for k, v in installed.items() if k in ORT_DISTRIBUTIONS},

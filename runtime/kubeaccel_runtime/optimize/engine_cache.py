@@ -25,7 +25,13 @@ from kubeaccel_runtime.optimize.config import Precision
 from kubeaccel_runtime.optimize.errors import UnsupportedModel
 from kubeaccel_runtime.optimize.partition import Shard
 from kubeaccel_runtime.serve.session import LoadError, SessionConfig, create_session
-from kubeaccel_runtime.trt import ENGINE_CACHE_DIR, profile_shapes, trt_options, with_engine_cache
+from kubeaccel_runtime.trt import (
+    ENGINE_CACHE_DIR,
+    TENSORRT,
+    profile_shapes,
+    trt_options,
+    with_engine_cache,
+)
 
 
 @dataclass(frozen=True)
@@ -66,21 +72,29 @@ def _files(folder: Path) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def _load(path: Path, options: dict[str, str], threads: int) -> Any:
-    config = SessionConfig(
-        provider=ExecutionProvider.TENSORRT, intra_op_threads=threads, trt_options=options
-    )
+def _load(path: Path, options: dict[str, str], threads: int, provider: ExecutionProvider) -> Any:
+    config = SessionConfig(provider=provider, intra_op_threads=threads, trt_options=options)
     try:
-        session, _, _ = create_session(path, config)
+        session, in_use, _ = create_session(path, config)
     except LoadError as exc:
         raise UnsupportedModel(f"TensorRT cannot build an engine for {path.name}: {exc}") from None
+    if in_use != TENSORRT:
+        raise UnsupportedModel(f"{path.name}: onnxruntime fell back to {in_use} from TensorRT")
     return session
 
 
 def build_engines(
-    shards: Sequence[Shard], options: Sequence[dict[str, str]], work: Path, threads: int
+    shards: Sequence[Shard],
+    options: Sequence[dict[str, str]],
+    work: Path,
+    threads: int,
+    provider: ExecutionProvider = ExecutionProvider.TENSORRT,
 ) -> BuiltEngines:
-    """Build, then reload, every shard's engine into `<work>/trt-cache`."""
+    """Build, then reload, every shard's engine into `<work>/trt-cache`.
+
+    `provider` is the spec's executionProvider, so the sessions ask for the same provider
+    list as the shard pods will.
+    """
     folder = work / ENGINE_CACHE_DIR
     models = work / "trt-shards"
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,7 +106,7 @@ def build_engines(
         onnx_io.save(shard.model, path)
         paths.append(path)
         start = time.perf_counter()
-        session = _load(path, with_engine_cache(opts, str(folder)), threads)
+        session = _load(path, with_engine_cache(opts, str(folder)), threads, provider)
         # Engines without an explicit profile are built at the first run.
         session.run(None, zero_feeds(shard.inputs))
         build_s.append(round(time.perf_counter() - start, 3))
@@ -102,7 +116,7 @@ def build_engines(
     reload_s: list[float] = []
     for path, shard, opts in zip(paths, shards, options, strict=True):
         start = time.perf_counter()
-        _load(path, with_engine_cache(opts, str(folder)), threads).run(
+        _load(path, with_engine_cache(opts, str(folder)), threads, provider).run(
             None, zero_feeds(shard.inputs)
         )
         reload_s.append(round(time.perf_counter() - start, 3))

@@ -614,7 +614,7 @@ class _Job:
         opt_batch, max_batch = serving_batches(self.spec)
         options = shard_options(final, precision, opt_batch=opt_batch, max_batch=max_batch)
         self.events.start("engines", f"TensorRT engines for {len(final)} shard(s)")
-        built = build_engines(final, options, self.work, self.opts.threads)
+        built = build_engines(final, options, self.work, self.opts.threads, self.target.provider)
         self.engines = (
             built.folder,
             EngineCache(
@@ -623,6 +623,9 @@ class _Job:
                 gpu=built.gpu,
                 compute_capability=built.compute_capability,
                 shard_options=built.shard_options,
+                max_batch=max_batch
+                if any("trt_profile_max_shapes" in o for o in built.shard_options)
+                else None,
                 files={},  # recorded by the artifact writer as it copies them
             ),
         )

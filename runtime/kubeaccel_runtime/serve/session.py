@@ -35,7 +35,14 @@ from kubeaccel_runtime.serve.contract import (
     rules_from_spec,
 )
 from kubeaccel_runtime.serve.dtypes import FROM_ORT
-from kubeaccel_runtime.trt import CPU, CUDA, TENSORRT, provider_specs, with_engine_cache
+from kubeaccel_runtime.trt import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    provider_specs,
+    serving_batches,
+    with_engine_cache,
+)
 
 log = logging.getLogger("kubeaccel.serve")
 
@@ -241,15 +248,28 @@ def build_contract(
 
 
 def with_artifact_engines(
-    cfg: SessionConfig, artifact_dir: Path, manifest: Manifest, shard_index: int
+    cfg: SessionConfig,
+    artifact_dir: Path,
+    manifest: Manifest,
+    shard_index: int,
+    spec: AcceleratedModelSpec,
 ) -> SessionConfig:
     """Point TensorRT at the engines the Job built into the artifact, with their options.
 
     The folder is read-only in a pod; onnxruntime only writes there on a miss (another
-    GPU class or image), and then keeps the engine it built in memory.
+    GPU class or image), and then keeps the engine it built in memory. Engines whose
+    profile stops below the batches this spec allows (limits raised since the Job ran)
+    are not used: TensorRT then builds its own at start.
     """
     cache = manifest.engine_cache
     if cache is None or cfg.trt_options is not None:
+        return cfg
+    largest = serving_batches(spec)[1]
+    if cache.max_batch is not None and largest > cache.max_batch:
+        log.warning(
+            "artifact TensorRT engines not used: their profile stops below this spec's batches",
+            extra={"engine_max_batch": cache.max_batch, "spec_max_batch": largest},
+        )
         return cfg
     options = with_engine_cache(cache.shard_options[shard_index], str(artifact_dir / cache.dir))
     return dataclasses.replace(cfg, trt_options=options)
@@ -278,7 +298,7 @@ def load_shard(
     except ValueError as exc:
         raise LoadError(f"the manifest's embedded spec is invalid: {exc}") from None
     cfg = config or SessionConfig(provider=spec.runtime.execution_provider)
-    cfg = with_artifact_engines(cfg, artifact_dir, manifest, shard_index)
+    cfg = with_artifact_engines(cfg, artifact_dir, manifest, shard_index, spec)
     session, provider, threads = create_session(path, cfg)
     contract, final = build_contract(manifest, spec, shard_index, session, forwarding)
     batch_ok = all(r.batched for r in (*contract.inputs, *contract.outputs))
