@@ -106,14 +106,14 @@ def test_failures_exit_1_with_the_reason_and_write_the_error_to_the_termination_
 def test_an_invalid_spec_file_exits_1_with_every_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "apiVersion: kubeaccel.io/v1alpha1\nkind: AcceleratedModel\nmetadata: {name: x}\nspec: {source: {uri: 'file://m.onnx'}}\n"
+        "apiVersion: kubeaccel.io/v1alpha1\nkind: AcceleratedModel\nmetadata: {name: x}\nspec: {source: {uri: 'file://m.onnx'}, optimization: {partition: {shards: 0}}}\n"
     )
     code, _, err, summary = _invoke(
         tmp_path, "optimize", "--spec", str(bad), "--out", str(tmp_path / "o")
     )
     assert code == 1 and "invalid spec" in err
     assert "spec.source.sha256: is required unless allowUnverified is true" in err
-    assert "spec.inputs: is required" in err
+    assert "spec.optimization.partition.shards: Input should be greater than or equal to 1" in err
     assert summary is not None and summary["reason"] == "InvalidSpec"
 
 
