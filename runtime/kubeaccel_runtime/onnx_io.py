@@ -43,6 +43,10 @@ class ModelLoadError(ValueError):
     """A file that is not a valid ONNX model; the message says why."""
 
 
+class NotOnnx(ModelLoadError):
+    """The bytes do not parse as an ONNX model at all (another format, or garbage)."""
+
+
 def external_data_locations(model: ModelProto) -> list[str]:
     """Relative file names of external weight data the model refers to."""
     names: set[str] = set()
@@ -75,7 +79,7 @@ def peek_external_data(path: Path) -> list[str]:
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # protobuf raises DecodeError and friends, not one base class
-        raise ModelLoadError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
+        raise NotOnnx(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
 
 
 def signature_problems(model: ModelProto) -> list[str]:
@@ -117,9 +121,9 @@ def load(path: Path, *, check: bool = True, weights: bool = True) -> ModelProto:
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # protobuf raises DecodeError and friends, not one base class
-        raise ModelLoadError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
+        raise NotOnnx(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
     if not model.graph.node and not model.graph.output:
-        raise ModelLoadError(f"{path}: not an ONNX model (empty graph)")
+        raise NotOnnx(f"{path}: not an ONNX model (empty graph)")
     locations = external_data_locations(model)
     for location in locations:
         if not is_safe_relative(location):

@@ -262,9 +262,16 @@ class _Job:
             pvc=self.pvc,
             limits=self.opts.limits,
         )
+        try:
+            # Before any parser sees the bytes: a pickle is refused, not parsed.
+            model_format.check_declared(fetched.path, src.format)
+        except model_format.NotAModel as exc:
+            raise UnsupportedModel(f"{src.uri}: {exc}") from None
         if src.format is SourceFormat.ONNX:
             try:
                 names = onnx_io.peek_external_data(fetched.path)
+            except onnx_io.NotOnnx as exc:
+                raise UnsupportedModel(f"{src.uri}: {exc}; {model_format.FORMATS_HINT}") from None
             except onnx_io.ModelLoadError as exc:
                 raise UnsupportedModel(f"{src.uri}: {exc}") from None
             fetched = sources.copy_companions(fetched, names, cwd=self.cwd, pvc=self.pvc)
@@ -277,15 +284,13 @@ class _Job:
     def load_model(self, fetched: sources.Fetched) -> ModelProto:
         src = self.spec.source
         self.events.start("load", src.format.value)
-        try:
-            model_format.check_declared(fetched.path, src.format)
-        except model_format.NotAModel as exc:
-            raise UnsupportedModel(f"{src.uri}: {exc}") from None
         if src.format is SourceFormat.ONNX:
             try:
                 model = onnx_io.load(fetched.path)
-            except onnx_io.ModelLoadError as exc:
+            except onnx_io.NotOnnx as exc:
                 raise UnsupportedModel(f"{src.uri}: {exc}; {model_format.FORMATS_HINT}") from None
+            except onnx_io.ModelLoadError as exc:
+                raise UnsupportedModel(f"{src.uri}: {exc}") from None
         else:
             if src.format is SourceFormat.TORCHSCRIPT and self.spec.inputs is None:
                 # The API refuses this too; a spec handed over by other means is checked here.
