@@ -204,3 +204,19 @@ def test_cross_field_rules_are_also_enforced_by_cel(path: Path) -> None:
 def test_missing_sha256_is_rejected_by_cel_too() -> None:
     doc = yaml.safe_load((Path(__file__).parent / "invalid" / "missing-sha256.yaml").read_text())
     assert any("sha256 is required" in f for f in cel_failures(_root_schema(), doc))
+
+
+def test_a_resource_without_inputs_passes_every_cel_rule() -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "cnn.yaml").read_text())
+    del doc["spec"]["inputs"], doc["spec"]["outputs"]
+    parse_resource(doc)
+    assert cel_failures(_root_schema(), doc) == []
+
+
+def test_the_crd_no_longer_requires_inputs_but_keeps_them_non_empty() -> None:
+    spec = _root_schema()["properties"]["spec"]
+    assert "inputs" not in spec["required"]
+    assert spec["properties"]["inputs"]["minItems"] == 1
+    contract = spec["properties"]["inputs"]
+    status = _root_schema()["properties"]["status"]["properties"]["optimization"]
+    assert status["properties"]["contract"]["properties"]["inputs"]["items"] == contract["items"]

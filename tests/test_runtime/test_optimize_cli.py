@@ -121,3 +121,11 @@ def test_the_termination_summary_fits_in_kubernetes_4096_bytes():
     big = {"artifactId": "x", "candidates": [{"config": "c" * 100}] * 100}
     text = compact(big)
     assert len(text.encode()) <= TERMINATION_LIMIT and json.loads(text) == {"artifactId": "x"}
+
+
+def test_the_contract_goes_after_the_candidates_when_the_summary_is_too_long():
+    contract = {"inputs": [{"name": "x" * 200, "dtype": "float32", "shape": [-1]}] * 30}
+    big = {"artifactId": "x", "candidates": [{"config": "c" * 100}] * 10, "contract": contract}
+    assert json.loads(compact(big)) == {"artifactId": "x"}
+    small = {"artifactId": "x", "candidates": [{"config": "c" * 100}] * 50, "contract": {"a": 1}}
+    assert json.loads(compact(small)) == {"artifactId": "x", "contract": {"a": 1}}

@@ -204,17 +204,6 @@ def check_reused_contract(spec: AcceleratedModelSpec, manifest: Manifest) -> Non
         check_contract(spec, _infos(contract.inputs), _infos(contract.outputs))
 
 
-def effective_contract(
-    spec: AcceleratedModelSpec, model: ModelContract | None
-) -> tuple[str, list[TensorSpec], list[TensorSpec] | None]:
-    """What the server will enforce: the written contract where there is one, else the model's."""
-    if spec.inputs is not None:
-        return "spec", spec.inputs, spec.outputs or (model.outputs if model else None)
-    if model is None:
-        raise UnsupportedModel("no contract: spec.inputs is absent and the model's is unreadable")
-    return "contract", model.inputs, spec.outputs or model.outputs
-
-
 def _basename(uri: str, default: str) -> str:
     # file://name has the name in the "host" part for urlparse: split by hand.
     rest = uri.partition("://")[2].split("?", 1)[0]
@@ -506,29 +495,6 @@ class _Job:
             raise UnsupportedModel("no candidate is inside the accuracy budget")
         return fallback
 
-    def check_served_contract(self, final: list[Shard]) -> None:
-        """The optimized model must still take and give what the contract promises clients."""
-        where, inputs, outputs = effective_contract(self.spec, self.contract)
-        problems = contract_problems(
-            inputs,
-            outputs,
-            final[0].inputs,
-            final[-1].outputs,
-            where=where,
-            model="the optimized model",
-        )
-        if problems:
-            quant = self.spec.optimization.quantization
-            hint = (
-                " (quantization.keepIoTypes: false turns float32 inputs/outputs into float16)"
-                if not quant.keep_io_types
-                else ""
-            )
-            raise ContractMismatch(
-                f"the optimized model no longer fits the contract{hint}:\n  "
-                + "\n  ".join(problems)
-            )
-
     def run(self, aid: str) -> tuple[list[Shard], dict[str, Any], str]:
         fetched = self.fetch_source()
         model = self.load_model(fetched)
@@ -592,7 +558,6 @@ class _Job:
             "graph-optimize",
             ", ".join(f"shard {n['shard']}: offline={n['offline']}" for n in graph_notes),
         )
-        self.check_served_contract(final)
 
         self.events.start("verify", "final artifact vs original")
         final_settings = self.trt_settings(chosen.candidate.precision)
