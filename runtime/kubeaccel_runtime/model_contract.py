@@ -1,8 +1,9 @@
-"""The request contract a model declares, and how a written contract is checked against it.
+"""The request contract a model declares, read from an ONNX model.
 
 The optimization Job reads the contract from the model when the spec has none; `kubeaccel
 init` writes it into a new spec. Both go through `read_contract`, so a contract that cannot
-be put in a spec fails the same way, with the same words, in either place.
+be put in a spec fails the same way, with the same words, in either place. How a written
+contract is checked against a model is kubeaccel_api.contract (the operator uses it too).
 """
 
 from __future__ import annotations
@@ -82,49 +83,3 @@ def read_contract(model: ModelProto) -> ModelContract:
     except onnx_io.ModelLoadError as exc:
         raise ContractUnreadable(str(exc)) from None
     return contract_from_infos(inputs, outputs)
-
-
-def contract_problems(
-    declared_inputs: Sequence[TensorSpec],
-    declared_outputs: Sequence[TensorSpec] | None,
-    inputs: Sequence[TensorInfo],
-    outputs: Sequence[TensorInfo],
-    *,
-    where: str = "spec",
-    model: str = "the model",
-) -> list[str]:
-    """Every way a declared contract disagrees with a model's tensors (names, dtypes, shapes).
-
-    Every model input must be declared; every dimension the model fixes must be declared
-    with that size (-1 would promise requests a freedom the model does not have).
-    """
-    problems: list[str] = []
-    model_in = {t.name: t for t in inputs}
-    declared_names = {t.name for t in declared_inputs}
-    missing = [n for n in model_in if n not in declared_names]
-    if missing:
-        problems.append(f"{where}.inputs lacks model input(s): {', '.join(missing)}")
-    groups: list[tuple[str, Sequence[TensorSpec], dict[str, TensorInfo]]] = [
-        ("inputs", declared_inputs, model_in)
-    ]
-    if declared_outputs:
-        groups.append(("outputs", declared_outputs, {t.name: t for t in outputs}))
-    for field_name, tensors, tensors_of_model in groups:
-        for i, want in enumerate(tensors):
-            label = f"{where}.{field_name}[{i}] ({want.name})"
-            got = tensors_of_model.get(want.name)
-            if got is None:
-                has = ", ".join(tensors_of_model)
-                problems.append(f"{label}: {model} has no such tensor (has: {has})")
-                continue
-            if got.dtype != want.dtype:
-                problems.append(
-                    f"{label}: dtype {want.dtype.value}, {model}'s is {got.dtype.value}"
-                )
-            if len(got.shape) != len(want.shape):
-                problems.append(f"{label}: shape {want.shape}, {model}'s is {got.shape}")
-                continue
-            for axis, (w, m) in enumerate(zip(want.shape, got.shape, strict=True)):
-                if m > 0 and w != m:
-                    problems.append(f"{label}: shape[{axis}] is {w}, {model} fixes it to {m}")
-    return problems

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import onnx
 import pytest
+from kubeaccel_api.contract import contract_problems
 from kubeaccel_api.v1alpha1 import DType, TensorSpec
 from kubeaccel_runtime import onnx_io
 from kubeaccel_runtime.artifact_manifest import TensorInfo
 from kubeaccel_runtime.model_contract import (
     ContractUnreadable,
     contract_from_infos,
-    contract_problems,
     read_contract,
 )
 from onnx import TensorProto, helper

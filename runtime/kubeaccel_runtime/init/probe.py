@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from kubeaccel_api.contract import contract_problems
 from kubeaccel_api.v1alpha1 import ModelContract, SourceFormat, TensorSpec
 from kubeaccel_api.validation import format_errors
 from onnx import ModelProto
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from kubeaccel_runtime import model_format, onnx_io
 from kubeaccel_runtime.artifact_manifest import TensorInfo, sha256_file
-from kubeaccel_runtime.model_contract import ContractUnreadable, contract_problems, read_contract
+from kubeaccel_runtime.model_contract import ContractUnreadable, read_contract
 from kubeaccel_runtime.optimize import data as sample_data
 from kubeaccel_runtime.optimize import source as sources
 from kubeaccel_runtime.optimize.errors import OptimizeError
@@ -141,8 +142,7 @@ def _contract(model: ModelProto, declared: Sequence[TensorSpec]) -> ModelContrac
         raise InitError(f"cannot read the request contract from the model: {exc}") from None
     if not declared:
         return found
-    as_infos = [TensorInfo(name=t.name, dtype=t.dtype, shape=list(t.shape)) for t in found.inputs]
-    problems = contract_problems(declared, None, as_infos, [], where="--input")
+    problems = contract_problems(declared, None, found.inputs, [], where="--input")
     if problems:
         raise InitError("--input does not match the model:\n  " + "\n  ".join(problems))
     return found.model_copy(update={"inputs": list(declared)})

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.constants import REPORT_FILE
+from kubeaccel_api.contract import Tensor, contract_problems
 from kubeaccel_api.target import serving_target
 from kubeaccel_api.v1alpha1 import (
     AcceleratedModel,
@@ -28,14 +29,13 @@ from kubeaccel_api.v1alpha1 import (
     ModelContract,
     OptimizationStatus,
     SourceFormat,
-    TensorSpec,
 )
 from kubeaccel_api.version import __version__
 from onnx import ModelProto
 
 from kubeaccel_runtime import gpu_info, model_format, onnx_io
 from kubeaccel_runtime.artifact_manifest import EngineCache, Manifest, TensorInfo
-from kubeaccel_runtime.model_contract import ContractUnreadable, contract_problems, read_contract
+from kubeaccel_runtime.model_contract import ContractUnreadable, read_contract
 from kubeaccel_runtime.optimize import accuracy, artifact, cpu, stages
 from kubeaccel_runtime.optimize import data as sample_data
 from kubeaccel_runtime.optimize import source as sources
@@ -174,7 +174,7 @@ def run_optimization(
 
 
 def check_contract(
-    spec: AcceleratedModelSpec, inputs: list[TensorInfo], outputs: list[TensorInfo]
+    spec: AcceleratedModelSpec, inputs: Sequence[Tensor], outputs: Sequence[Tensor]
 ) -> None:
     """A written spec.inputs/outputs must name the model's tensors with the same dtype and rank.
 
@@ -188,10 +188,6 @@ def check_contract(
         raise ContractMismatch("the spec does not match the model:\n  " + "\n  ".join(problems))
 
 
-def _infos(tensors: list[TensorSpec]) -> list[TensorInfo]:
-    return [TensorInfo(name=t.name, dtype=t.dtype, shape=list(t.shape)) for t in tensors]
-
-
 def check_reused_contract(spec: AcceleratedModelSpec, manifest: Manifest) -> None:
     """A written contract must fit the model an existing artifact was built from.
 
@@ -200,8 +196,7 @@ def check_reused_contract(spec: AcceleratedModelSpec, manifest: Manifest) -> Non
             are not checked here; the server still checks them when it loads).
     """
     if manifest.contract is not None:
-        contract = manifest.contract
-        check_contract(spec, _infos(contract.inputs), _infos(contract.outputs))
+        check_contract(spec, manifest.contract.inputs, manifest.contract.outputs)
 
 
 def _basename(uri: str, default: str) -> str:
