@@ -220,3 +220,12 @@ def test_the_crd_no_longer_requires_inputs_but_keeps_them_non_empty() -> None:
     contract = spec["properties"]["inputs"]
     status = _root_schema()["properties"]["status"]["properties"]["optimization"]
     assert status["properties"]["contract"]["properties"]["inputs"]["items"] == contract["items"]
+
+
+@pytest.mark.parametrize("model", ["cnn", "mlp", "transformer"])
+def test_what_kubeaccel_init_writes_passes_every_cel_rule(model: str) -> None:
+    from kubeaccel_runtime.init.cli import InitRequest, draft_for_model
+
+    request = InitRequest(model=f"examples/models/{model}.onnx", shards=2, gpus=1)
+    doc = yaml.safe_load(draft_for_model(request, cwd=ROOT).yaml(f"{model}.yaml"))
+    assert cel_failures(_root_schema(), doc) == []

@@ -1,0 +1,184 @@
+"""A model without a written contract on a real cluster: the Job reads inputs/outputs from
+the model, status carries them, the server enforces them; a contract edit that contradicts
+the model fails in status while the shards keep serving; `kubeaccel init` writes what the
+API server accepts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubeaccel_e2e import (
+    READY_TIMEOUT,
+    ROOT,
+    SHORT_TIMEOUT,
+    CommandError,
+    Kube,
+    condition,
+    http,
+    infer_body,
+    port_forward,
+    wait_until,
+)
+
+pytestmark = pytest.mark.e2e
+
+RUNTIME_PORT = 8080
+
+
+@pytest.fixture(scope="module")
+def uncontracted(namespace: Kube, example_cnn: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The example CNN with `inputs`/`outputs` removed, applied once for this module."""
+    resource = copy.deepcopy(example_cnn)
+    resource["metadata"] = {"name": f"{example_cnn['metadata']['name']}-from-model"[:40]}
+    resource["spec"].pop("inputs", None)
+    resource["spec"].pop("outputs", None)
+    namespace.apply(resource)
+    yield resource
+    namespace(
+        "delete",
+        "am",
+        resource["metadata"]["name"],
+        "--ignore-not-found",
+        "--wait=false",
+        check=False,
+    )
+
+
+def _get(kube: Kube, name: str) -> dict[str, Any]:
+    obj = kube.get("acceleratedmodel", name)
+    assert isinstance(obj, dict)
+    return obj
+
+
+def _wait_ready(kube: Kube, name: str, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    """Ready=True for the resource's current generation."""
+    generation = _get(kube, name)["metadata"]["generation"]
+
+    def ready() -> dict[str, Any] | None:
+        obj = _get(kube, name)
+        status = obj.get("status") or {}
+        if status.get("phase") == "Failed":
+            pytest.fail(f"{name} failed: {status.get('message')} {status.get('conditions')}")
+        cond = condition(obj, "Ready")
+        fresh = status.get("observedGeneration") == generation
+        return obj if fresh and cond and cond["status"] == "True" else None
+
+    result = wait_until(f"{name} Ready=True at generation {generation}", ready, timeout)
+    assert isinstance(result, dict)
+    return result
+
+
+def _contract_of(example: dict[str, Any]) -> dict[str, Any]:
+    """The example's written contract without its opt-in parts (ranges, NaN policy)."""
+    return {
+        kind: [{k: t[k] for k in ("name", "dtype", "shape")} for t in example["spec"][kind]]
+        for kind in ("inputs", "outputs")
+    }
+
+
+def test_a_model_without_inputs_is_optimized_deployed_and_ready(
+    namespace: Kube, uncontracted: dict[str, Any]
+) -> None:
+    obj = _wait_ready(namespace, uncontracted["metadata"]["name"])
+    for type_ in ("Validated", "Optimized", "Deployed", "Ready"):
+        cond = condition(obj, type_)
+        assert cond and cond["status"] == "True", (type_, cond)
+    assert "inputs" not in obj["spec"]
+
+
+def test_status_carries_the_contract_read_from_the_model(
+    namespace: Kube, uncontracted: dict[str, Any], example_cnn: dict[str, Any]
+) -> None:
+    status = _get(namespace, uncontracted["metadata"]["name"])["status"]
+    assert status["optimization"]["contract"] == _contract_of(example_cnn)
+
+
+def test_the_server_enforces_the_contract_read_from_the_model(
+    namespace: Kube, uncontracted: dict[str, Any]
+) -> None:
+    name = uncontracted["metadata"]["name"]
+    contract = _get(namespace, name)["status"]["optimization"]["contract"]
+    as_written = {"spec": {"inputs": contract["inputs"]}}
+    with port_forward(namespace, f"service/{name}", RUNTIME_PORT) as base:
+        code, meta = http("GET", f"{base}/v2/models/{name}")
+        assert code == 200
+        assert [(i["name"], i["shape"]) for i in meta["inputs"]] == [
+            (t["name"], t["shape"]) for t in contract["inputs"]
+        ]
+        code, answer = http("POST", f"{base}/v2/models/{name}/infer", infer_body(as_written, 2))
+        assert code == 200, answer
+        assert answer["outputs"][0]["shape"] == [2, *contract["outputs"][0]["shape"][1:]]
+        bad = infer_body(as_written)
+        bad["inputs"][0]["shape"] = [1, *[d + 1 for d in bad["inputs"][0]["shape"][1:]]]
+        code, answer = http("POST", f"{base}/v2/models/{name}/infer", bad)
+        assert code == 400 and "error" in answer, answer
+
+
+def test_a_contract_edit_that_contradicts_the_model_fails_and_keeps_serving(
+    namespace: Kube, uncontracted: dict[str, Any]
+) -> None:
+    name = uncontracted["metadata"]["name"]
+    contract = _get(namespace, name)["status"]["optimization"]["contract"]
+    wrong = [{**contract["inputs"][0], "dtype": "float16"}]
+    namespace("patch", "am", name, "--type=merge", "-p", json.dumps({"spec": {"inputs": wrong}}))
+
+    def failed() -> dict[str, Any] | None:
+        obj = _get(namespace, name)
+        validated = condition(obj, "Validated")
+        return obj if validated and validated["reason"] == "ContractMismatch" else None
+
+    obj = wait_until(f"{name} Validated=False (ContractMismatch)", failed, SHORT_TIMEOUT)
+    validated = condition(obj, "Validated")
+    assert obj["status"]["phase"] == "Failed" and validated is not None
+    assert validated["status"] == "False"
+    assert "dtype float16, the model's is float32" in validated["message"]
+    with port_forward(namespace, f"service/{name}", RUNTIME_PORT) as base:
+        body = infer_body({"spec": {"inputs": contract["inputs"]}})
+        code, answer = http("POST", f"{base}/v2/models/{name}/infer", body)
+        assert code == 200, answer  # the shards built for the model still serve
+    namespace("patch", "am", name, "--type=merge", "-p", json.dumps({"spec": {"inputs": None}}))
+    _wait_ready(namespace, name, SHORT_TIMEOUT)
+
+
+def test_kubeaccel_init_writes_what_the_api_server_accepts(namespace: Kube) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubeaccel_runtime.cli",
+            "init",
+            "examples/models/cnn.onnx",
+            "-o",
+            "-",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    resource = yaml.safe_load(proc.stdout)
+    resource["metadata"]["name"] = "from-init"
+    namespace.apply(resource, dry_run=True)
+
+
+def test_torchscript_without_inputs_is_rejected_by_the_api_server(
+    namespace: Kube, example_cnn: dict[str, Any]
+) -> None:
+    bad = copy.deepcopy(example_cnn)
+    bad["metadata"] = {"name": "torchscript-no-inputs"}
+    bad["spec"]["source"]["format"] = "torchscript"
+    bad["spec"].pop("inputs", None)
+    bad["spec"].pop("outputs", None)
+    with pytest.raises(CommandError) as caught:
+        namespace.apply(bad, dry_run=True)
+    assert "inputs is required when source.format is torchscript" in caught.value.stderr
