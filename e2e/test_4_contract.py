@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import yaml
 from kubeaccel_e2e import (
-    READY_TIMEOUT,
     ROOT,
     SHORT_TIMEOUT,
     CommandError,
@@ -27,6 +26,9 @@ from kubeaccel_e2e import (
     port_forward,
     wait_until,
 )
+
+# The lifecycle module's readers (imported by name: its tests are not collected here).
+from test_2_lifecycle import get_model, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -52,30 +54,6 @@ def uncontracted(namespace: Kube, example_cnn: dict[str, Any]) -> Iterator[dict[
     )
 
 
-def _get(kube: Kube, name: str) -> dict[str, Any]:
-    obj = kube.get("acceleratedmodel", name)
-    assert isinstance(obj, dict)
-    return obj
-
-
-def _wait_ready(kube: Kube, name: str, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-    """Ready=True for the resource's current generation."""
-    generation = _get(kube, name)["metadata"]["generation"]
-
-    def ready() -> dict[str, Any] | None:
-        obj = _get(kube, name)
-        status = obj.get("status") or {}
-        if status.get("phase") == "Failed":
-            pytest.fail(f"{name} failed: {status.get('message')} {status.get('conditions')}")
-        cond = condition(obj, "Ready")
-        fresh = status.get("observedGeneration") == generation
-        return obj if fresh and cond and cond["status"] == "True" else None
-
-    result = wait_until(f"{name} Ready=True at generation {generation}", ready, timeout)
-    assert isinstance(result, dict)
-    return result
-
-
 def _contract_of(example: dict[str, Any]) -> dict[str, Any]:
     """The example's written contract without its opt-in parts (ranges, NaN policy)."""
     return {
@@ -87,7 +65,8 @@ def _contract_of(example: dict[str, Any]) -> dict[str, Any]:
 def test_a_model_without_inputs_is_optimized_deployed_and_ready(
     namespace: Kube, uncontracted: dict[str, Any]
 ) -> None:
-    obj = _wait_ready(namespace, uncontracted["metadata"]["name"])
+    name = uncontracted["metadata"]["name"]
+    obj = wait_ready(namespace, name, get_model(namespace, name)["metadata"]["generation"])
     for type_ in ("Validated", "Optimized", "Deployed", "Ready"):
         cond = condition(obj, type_)
         assert cond and cond["status"] == "True", (type_, cond)
@@ -97,7 +76,7 @@ def test_a_model_without_inputs_is_optimized_deployed_and_ready(
 def test_status_carries_the_contract_read_from_the_model(
     namespace: Kube, uncontracted: dict[str, Any], example_cnn: dict[str, Any]
 ) -> None:
-    status = _get(namespace, uncontracted["metadata"]["name"])["status"]
+    status = get_model(namespace, uncontracted["metadata"]["name"])["status"]
     assert status["optimization"]["contract"] == _contract_of(example_cnn)
 
 
@@ -105,7 +84,7 @@ def test_the_server_enforces_the_contract_read_from_the_model(
     namespace: Kube, uncontracted: dict[str, Any]
 ) -> None:
     name = uncontracted["metadata"]["name"]
-    contract = _get(namespace, name)["status"]["optimization"]["contract"]
+    contract = get_model(namespace, name)["status"]["optimization"]["contract"]
     as_written = {"spec": {"inputs": contract["inputs"]}}
     with port_forward(namespace, f"service/{name}", RUNTIME_PORT) as base:
         code, meta = http("GET", f"{base}/v2/models/{name}")
@@ -126,12 +105,12 @@ def test_a_contract_edit_that_contradicts_the_model_fails_and_keeps_serving(
     namespace: Kube, uncontracted: dict[str, Any]
 ) -> None:
     name = uncontracted["metadata"]["name"]
-    contract = _get(namespace, name)["status"]["optimization"]["contract"]
+    contract = get_model(namespace, name)["status"]["optimization"]["contract"]
     wrong = [{**contract["inputs"][0], "dtype": "float16"}]
     namespace("patch", "am", name, "--type=merge", "-p", json.dumps({"spec": {"inputs": wrong}}))
 
     def failed() -> dict[str, Any] | None:
-        obj = _get(namespace, name)
+        obj = get_model(namespace, name)
         validated = condition(obj, "Validated")
         return obj if validated and validated["reason"] == "ContractMismatch" else None
 
@@ -145,7 +124,16 @@ def test_a_contract_edit_that_contradicts_the_model_fails_and_keeps_serving(
         code, answer = http("POST", f"{base}/v2/models/{name}/infer", body)
         assert code == 200, answer  # the shards built for the model still serve
     namespace("patch", "am", name, "--type=merge", "-p", json.dumps({"spec": {"inputs": None}}))
-    _wait_ready(namespace, name, SHORT_TIMEOUT)
+    generation = get_model(namespace, name)["metadata"]["generation"]
+
+    def ready_again() -> bool:
+        # Not wait_ready: until the operator sees this generation, the phase is still Failed.
+        obj = get_model(namespace, name)
+        cond = condition(obj, "Ready")
+        fresh = (obj.get("status") or {}).get("observedGeneration") == generation
+        return fresh and cond is not None and cond["status"] == "True"
+
+    wait_until(f"{name} Ready=True again at generation {generation}", ready_again, SHORT_TIMEOUT)
 
 
 def test_kubeaccel_init_writes_what_the_api_server_accepts(namespace: Kube) -> None:

@@ -185,15 +185,9 @@ def test_a_file_that_is_not_onnx_lists_what_kubeaccel_reads(tmp_path: Path) -> N
 
 
 def test_missing_external_weights_name_the_file_and_where_it_belongs(
-    tmp_path: Path, opt_models: Any
+    tmp_path: Path, opt_models: Any, opt_external_saver: Any
 ) -> None:
-    onnx.save_model(
-        opt_models.mlp(),
-        str(tmp_path / "big.onnx"),
-        save_as_external_data=True,
-        location="big.weights",
-        size_threshold=0,
-    )
+    opt_external_saver(opt_models.mlp(), tmp_path / "big.onnx", "big.weights")
     (tmp_path / "big.weights").unlink()
     err = _refused(tmp_path, str(tmp_path / "big.onnx"))
     assert "keeps its weights in 'big.weights', which is missing" in err
@@ -201,15 +195,9 @@ def test_missing_external_weights_name_the_file_and_where_it_belongs(
 
 
 def test_external_weights_beside_the_model_are_counted_not_read(
-    tmp_path: Path, opt_models: Any
+    tmp_path: Path, opt_models: Any, opt_external_saver: Any
 ) -> None:
-    onnx.save_model(
-        opt_models.mlp(),
-        str(tmp_path / "big.onnx"),
-        save_as_external_data=True,
-        location="big.weights",
-        size_threshold=0,
-    )
+    opt_external_saver(opt_models.mlp(), tmp_path / "big.onnx", "big.weights")
     result = _init(str(tmp_path / "big.onnx"))
     assert result.exit_code == 0, result.output
     digest = hashlib.sha256((tmp_path / "big.onnx").read_bytes()).hexdigest()
@@ -264,18 +252,10 @@ class _Tiny:
 
 
 @torch_only
-def test_an_onnx_file_exported_from_a_fresh_torch_module_is_described(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
-    torch.onnx.export(
-        _Tiny.make(),
-        (torch.randn(2, 6),),
-        str(tmp_path / "fresh.onnx"),
-        input_names=["features"],
-        output_names=["scores"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-        external_data=False,
-        verbose=False,
-    )
+def test_an_onnx_file_exported_from_a_fresh_torch_module_is_described(
+    tmp_path: Path, opt_torch_exporter: Any
+) -> None:
+    opt_torch_exporter(_Tiny.make(), 6, tmp_path / "fresh.onnx")
     result = _init(str(tmp_path / "fresh.onnx"))
     assert result.exit_code == 0, result.output
     spec = _doc(tmp_path / "fresh.yaml")["spec"]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,23 +106,15 @@ def test_the_mlp_example_too_and_run_model_directly_serves_what_init_described(
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 def test_an_onnx_file_exported_from_a_fresh_torch_module_is_served(
-    tmp_path: Path, stopper: list[str]
+    tmp_path: Path, stopper: list[str], opt_torch_exporter: Any
 ) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     torch.manual_seed(0)
     module = torch.nn.Sequential(
         torch.nn.Linear(12, 32), torch.nn.ReLU(), torch.nn.Linear(32, 5)
     ).eval()
-    torch.onnx.export(
-        module,
-        (torch.randn(2, 12),),
-        str(tmp_path / "fresh.onnx"),
-        input_names=["features"],
-        output_names=["scores"],
-        dynamic_shapes=({0: torch.export.Dim("batch")},),
-        external_data=False,
-        verbose=False,
-    )
+    opt_torch_exporter(module, 12, tmp_path / "fresh.onnx")
     _first_minute(tmp_path, tmp_path / "fresh.onnx", stopper)
 
 

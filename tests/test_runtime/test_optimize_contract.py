@@ -163,15 +163,9 @@ def test_a_non_onnx_file_lists_what_kubeaccel_reads(tmp_path: Path) -> None:
 
 
 def test_missing_external_weights_say_where_they_are_expected(
-    tmp_path: Path, opt_models: Any
+    tmp_path: Path, opt_models: Any, opt_external_saver: Any
 ) -> None:
-    onnx.save_model(
-        opt_models.mlp(),
-        str(tmp_path / "model.onnx"),
-        save_as_external_data=True,
-        location="model.onnx.data",
-        size_threshold=0,
-    )
+    opt_external_saver(opt_models.mlp(), tmp_path / "model.onnx", "model.onnx.data")
     (tmp_path / "model.onnx.data").unlink()
     resource, out = _spec(tmp_path, "model.onnx")
     with pytest.raises(SourceError) as info:
