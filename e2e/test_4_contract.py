@@ -21,14 +21,13 @@ from kubeaccel_e2e import (
     CommandError,
     Kube,
     condition,
+    get_model,
     http,
     infer_body,
     port_forward,
-    wait_until,
+    wait_model,
+    wait_ready,
 )
-
-# The lifecycle module's readers (imported by name: its tests are not collected here).
-from test_2_lifecycle import get_model, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -109,12 +108,14 @@ def test_a_contract_edit_that_contradicts_the_model_fails_and_keeps_serving(
     wrong = [{**contract["inputs"][0], "dtype": "float16"}]
     namespace("patch", "am", name, "--type=merge", "-p", json.dumps({"spec": {"inputs": wrong}}))
 
-    def failed() -> dict[str, Any] | None:
-        obj = get_model(namespace, name)
+    def refused(obj: dict[str, Any]) -> dict[str, Any] | None:
         validated = condition(obj, "Validated")
         return obj if validated and validated["reason"] == "ContractMismatch" else None
 
-    obj = wait_until(f"{name} Validated=False (ContractMismatch)", failed, SHORT_TIMEOUT)
+    obj = wait_model(
+        namespace, name, "Validated=False (ContractMismatch)", refused, SHORT_TIMEOUT,
+        fail_on_failed=False,
+    )  # fmt: skip
     validated = condition(obj, "Validated")
     assert obj["status"]["phase"] == "Failed" and validated is not None
     assert validated["status"] == "False"
@@ -126,14 +127,16 @@ def test_a_contract_edit_that_contradicts_the_model_fails_and_keeps_serving(
     namespace("patch", "am", name, "--type=merge", "-p", json.dumps({"spec": {"inputs": None}}))
     generation = get_model(namespace, name)["metadata"]["generation"]
 
-    def ready_again() -> bool:
+    def ready_again(obj: dict[str, Any]) -> bool:
         # Not wait_ready: until the operator sees this generation, the phase is still Failed.
-        obj = get_model(namespace, name)
         cond = condition(obj, "Ready")
         fresh = (obj.get("status") or {}).get("observedGeneration") == generation
         return fresh and cond is not None and cond["status"] == "True"
 
-    wait_until(f"{name} Ready=True again at generation {generation}", ready_again, SHORT_TIMEOUT)
+    wait_model(
+        namespace, name, f"Ready=True again at generation {generation}", ready_again,
+        SHORT_TIMEOUT, fail_on_failed=False,
+    )  # fmt: skip
 
 
 def test_kubeaccel_init_writes_what_the_api_server_accepts(namespace: Kube) -> None:
