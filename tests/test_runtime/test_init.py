@@ -360,3 +360,18 @@ def test_rendering_quotes_what_yaml_would_misread_and_parses_back() -> None:
     assert yaml.safe_load(text) == draft.doc
     for tricky in ("yes", "1.5", "0o17", "null", "a: b", "# c", "[d]", "'e'", ""):
         assert yaml.safe_load(f"k: {flow(tricky)}") == {"k": tricky}
+
+
+def test_data_the_cluster_holds_is_named_not_read(tmp_path: Path) -> None:
+    out = tmp_path / "m.yaml"
+    result = _init(
+        str(ROOT / "examples" / "models" / "mlp.onnx"),
+        "-o", str(out),
+        "--validation", "pvc://datasets/digits-val.npz",
+        "--calibration", "https://example.com/calib.npz",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    optimization = _doc(out)["spec"]["optimization"]
+    assert optimization["validation"] == {"uri": "pvc://datasets/digits-val.npz", "samples": 1000}
+    calibration = optimization["quantization"]["calibration"]
+    assert calibration == {"uri": "https://example.com/calib.npz", "samples": 128}

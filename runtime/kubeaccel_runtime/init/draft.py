@@ -144,10 +144,9 @@ def _budget(contract: ModelContract, validation: DataFacts | None) -> tuple[dict
 
 
 def _data_source(facts: DataFacts, limit: int) -> dict[str, Any]:
-    source: dict[str, Any] = {"uri": facts.uri}
-    if facts.samples is not None:
-        source["samples"] = min(facts.samples, limit)
-    return source
+    # The Job reads min(samples, what the file holds): the limit is safe for unread files.
+    count = limit if facts.samples is None else min(facts.samples, limit)
+    return {"uri": facts.uri, "samples": count}
 
 
 def _optimization(facts: ModelFacts, choices: Choices, notes: dict[str, Note]) -> dict[str, Any]:

@@ -189,7 +189,8 @@ def probe_model(
 def probe_data(ref: str, contract: ModelContract, *, cwd: Path, what: str) -> DataFacts:
     """Check a local .npz/.npy against the model's inputs the way the Job will read it.
 
-    Remote data is only named (the Job fetches and checks it).
+    Other URIs (http(s), s3, and pvc://, a claim the cluster mounts) are only named: the
+    Job fetches and checks them.
 
     Raises:
         InitError: a local file that is missing, unreadable or does not fit the inputs.
@@ -199,7 +200,7 @@ def probe_data(ref: str, contract: ModelContract, *, cwd: Path, what: str) -> Da
         location = sources.resolve(uri, cwd=cwd, pvc=sources.pvc_root())
     except OptimizeError as exc:
         raise InitError(f"--{what}: {exc}") from None
-    if location.path is None:
+    if location.path is None or location.scheme != "file":
         return DataFacts(uri=uri, samples=None, labelled=False)
     if not location.path.is_file():
         raise InitError(f"--{what}: no such file {location.path}")
