@@ -271,9 +271,7 @@ class _Job:
         if src.format is SourceFormat.ONNX:
             try:
                 model = onnx_io.load(fetched.path)
-            except onnx_io.NotOnnx as exc:
-                raise UnsupportedModel(f"{src.uri}: {exc}; {model_format.FORMATS_HINT}") from None
-            except onnx_io.ModelLoadError as exc:
+            except onnx_io.ModelLoadError as exc:  # not ONNX at all was refused when fetched
                 raise UnsupportedModel(f"{src.uri}: {exc}") from None
         else:
             if src.format is SourceFormat.TORCHSCRIPT and self.spec.inputs is None:
