@@ -540,6 +540,17 @@ class LimitsSpec(ApiModel):
     max_batch: int = Field(default=64, ge=1, le=65536, description="Largest accepted batch dim.")
 
 
+class ModelContract(ApiModel):
+    """The inputs and outputs a model declares (names, dtypes, shapes; -1 is dynamic)."""
+
+    inputs: list[TensorSpec] = Field(
+        min_length=1, max_length=64, description="The model's inputs, in order."
+    )
+    outputs: list[TensorSpec] = Field(
+        min_length=1, max_length=64, description="The model's outputs, in order."
+    )
+
+
 # --------------------------------------------------------------------------- storage
 
 
@@ -606,7 +617,7 @@ class AcceleratedModelSpec(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
-                    "self.inputs.all(a, self.inputs.exists_one(b, b.name == a.name))",
+                    "!has(self.inputs) || self.inputs.all(a, self.inputs.exists_one(b, b.name == a.name))",
                     "input names must be unique",
                     ".inputs",
                 ),
@@ -614,6 +625,12 @@ class AcceleratedModelSpec(ApiModel):
                     "!has(self.outputs) || self.outputs.all(a, self.outputs.exists_one(b, b.name == a.name))",
                     "output names must be unique",
                     ".outputs",
+                ),
+                _cel(
+                    "has(self.inputs) || !has(self.source.format) || self.source.format != 'torchscript'",
+                    "inputs is required when source.format is torchscript "
+                    "(TorchScript files do not record input dtypes and shapes)",
+                    ".inputs",
                 ),
             ]
         }
@@ -624,8 +641,14 @@ class AcceleratedModelSpec(ApiModel):
         default_factory=OptimizationSpec, description="Optimization passes and accuracy budget."
     )
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="Serving settings.")
-    inputs: list[TensorSpec] = Field(
-        min_length=1, max_length=64, description="Input contract: every request is checked."
+    inputs: list[TensorSpec] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description=(
+            "Input contract: every request is checked. Absent: the optimization Job reads it "
+            "from the model (status.optimization.contract) and the server enforces that."
+        ),
     )
     outputs: list[TensorSpec] | None = Field(
         default=None, max_length=64, description="Output contract; absent uses the model's."
@@ -635,11 +658,21 @@ class AcceleratedModelSpec(ApiModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> AcceleratedModelSpec:
-        for field, tensors in (("inputs", self.inputs), ("outputs", self.outputs or [])):
+        for field, tensors in (("inputs", self.inputs or []), ("outputs", self.outputs or [])):
             names = [t.name for t in tensors]
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise field_rule(field, f"names must be unique (repeated: {', '.join(dupes)})")
+        return self
+
+    @model_validator(mode="after")
+    def _torchscript_needs_inputs(self) -> AcceleratedModelSpec:
+        if self.inputs is None and self.source.format is SourceFormat.TORCHSCRIPT:
+            raise field_rule(
+                "inputs",
+                "is required when source.format is torchscript "
+                "(TorchScript files do not record input dtypes and shapes)",
+            )
         return self
 
 
@@ -733,6 +766,13 @@ class OptimizationStatus(ApiModel):
     )
     candidates: list[CandidateReport] | None = Field(
         default=None, description="Every configuration measured (auto mode)."
+    )
+    contract: ModelContract | None = Field(
+        default=None,
+        description=(
+            "Inputs and outputs read from the model; the server enforces them where "
+            "spec.inputs/spec.outputs are absent."
+        ),
     )
 
 

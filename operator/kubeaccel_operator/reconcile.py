@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.conditions import aggregate_ready, get_condition, set_condition
 from kubeaccel_api.constants import LABEL_ARTIFACT, LABEL_COMPONENT
+from kubeaccel_api.contract import contract_problems
 from kubeaccel_api.v1alpha1 import (
     AcceleratedModel,
     AcceleratedModelStatus,
@@ -315,12 +316,33 @@ def needs_job_message(res: AcceleratedModel, artifact: str) -> bool:
 
 
 def check_supported(res: AcceleratedModel) -> None:
-    """Reject what the API allows but this operator cannot do yet."""
+    """Reject what the API allows but this operator cannot do yet, and a written contract
+    that does not fit the model the current artifact was built from."""
     if res.spec.storage.type is StorageType.S3:
         raise InvalidSpec(
             ["spec.storage.type: s3 is not supported by the operator yet; use pvc"],
             reason="UnsupportedStorage",
         )
+    check_written_contract(res)
+
+
+def check_written_contract(res: AcceleratedModel) -> None:
+    """A contract change keeps the artifact (it is not part of its id) and runs no Job, so
+    it is checked here against the contract that artifact's Job read from the model; the
+    shards keep serving instead of rolling to pods that refuse to load.
+
+    Raises:
+        InvalidSpec: reason ContractMismatch, every disagreement named.
+    """
+    recorded = res.status.optimization if res.status else None
+    if res.spec.inputs is None or recorded is None or recorded.contract is None:
+        return
+    if recorded.artifact_id != artifact_id(res.spec):
+        return  # a new Job checks the contract against the model it loads
+    model = recorded.contract
+    problems = contract_problems(res.spec.inputs, res.spec.outputs, model.inputs, model.outputs)
+    if problems:
+        raise InvalidSpec(problems, reason="ContractMismatch")
 
 
 # --------------------------------------------------------------------------- reconcile

@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kubeaccel_api.constants import MANIFEST_FILE, REPORT_FILE, SHARD_FILE_TEMPLATE
-from kubeaccel_api.v1alpha1 import AcceleratedModelSpec, DType
+from kubeaccel_api.v1alpha1 import AcceleratedModelSpec, DType, ModelContract
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
@@ -94,6 +94,14 @@ class Manifest(_Model):
     engine_cache: EngineCache | None = Field(
         default=None, description="Prebuilt TensorRT engines, when the Job built them."
     )
+    contract: ModelContract | None = Field(
+        default=None,
+        description=(
+            "Inputs and outputs read from the source model; the server enforces them where "
+            "the spec has no inputs/outputs. Absent in artifacts written before kubeaccel "
+            "recorded it."
+        ),
+    )
 
     def parsed_spec(self) -> AcceleratedModelSpec:
         """The embedded spec as the API model."""
@@ -101,7 +109,7 @@ class Manifest(_Model):
 
     def to_json(self) -> str:
         """Serialize as written to disk (camelCase, stable key order)."""
-        # Absent optional sections (no engine cache) stay out of the file.
+        # Absent optional sections (no engine cache, no contract) stay out of the file.
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         return json.dumps(data, indent=2) + "\n"
 

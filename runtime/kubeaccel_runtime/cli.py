@@ -16,6 +16,7 @@ from rich.console import Console
 
 # name -> "module:attribute" of a click command, imported on first use.
 LAZY_COMMANDS: dict[str, str] = {
+    "init": "kubeaccel_runtime.init.cli:init",
     "optimize": "kubeaccel_runtime.optimize.cli:optimize",
     "serve": "kubeaccel_runtime.serve.cli:serve",
     "run": "kubeaccel_runtime.local.cli:run",

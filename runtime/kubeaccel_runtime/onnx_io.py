@@ -43,6 +43,10 @@ class ModelLoadError(ValueError):
     """A file that is not a valid ONNX model; the message says why."""
 
 
+class NotOnnx(ModelLoadError):
+    """The bytes do not parse as an ONNX model at all (another format, or garbage)."""
+
+
 def external_data_locations(model: ModelProto) -> list[str]:
     """Relative file names of external weight data the model refers to."""
     names: set[str] = set()
@@ -75,36 +79,70 @@ def peek_external_data(path: Path) -> list[str]:
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # protobuf raises DecodeError and friends, not one base class
-        raise ModelLoadError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
+        raise NotOnnx(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
 
 
-def load(path: Path, *, check: bool = True) -> ModelProto:
+def signature_problems(model: ModelProto) -> list[str]:
+    """Graph inputs/outputs no request contract can describe: no name, or no rank.
+
+    onnx.checker rejects both too, in words a first-time user cannot act on.
+    """
+    problems: list[str] = []
+    for kind, values in (("input", graph_inputs(model)), ("output", list(model.graph.output))):
+        for position, value in enumerate(values):
+            if not value.name:
+                problems.append(
+                    f"{kind} #{position} has no name; requests name every tensor: re-export "
+                    f"with names, e.g. torch.onnx.export(..., {kind}_names=[...])"
+                )
+            elif value.type.HasField("tensor_type") and not value.type.tensor_type.HasField(
+                "shape"
+            ):
+                problems.append(
+                    f"{kind} {value.name!r} has no rank (the model records no shape for it); "
+                    "requests are checked against every dimension: re-export with shapes, or "
+                    "set them with onnx.tools.update_model_dims.update_inputs_outputs_dims"
+                )
+    return problems
+
+
+def load(path: Path, *, check: bool = True, weights: bool = True) -> ModelProto:
     """Load an ONNX file (external data next to it included) and run onnx.checker.
 
+    `weights=False` checks that external weight files exist but leaves them unread (for
+    reading the signature of a large model).
+
     Raises:
-        ModelLoadError: unreadable, not ONNX, unsafe external data path, or failing the checker.
+        ModelLoadError: unreadable, not ONNX, unsafe external data path, a nameless or
+            rankless input/output, or failing the checker.
     """
     try:
         model = onnx.load(str(path), load_external_data=False)
     except OSError as exc:
         raise ModelLoadError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except Exception as exc:  # protobuf raises DecodeError and friends, not one base class
-        raise ModelLoadError(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
+        raise NotOnnx(f"{path}: not an ONNX model ({type(exc).__name__}: {exc})") from None
     if not model.graph.node and not model.graph.output:
-        raise ModelLoadError(f"{path}: not an ONNX model (empty graph)")
+        raise NotOnnx(f"{path}: not an ONNX model (empty graph)")
     locations = external_data_locations(model)
     for location in locations:
         if not is_safe_relative(location):
             raise ModelLoadError(f"{path}: external data path {location!r} escapes its directory")
         if not (path.parent / location).is_file():
-            raise ModelLoadError(f"{path}: external data file {location!r} is missing")
+            raise ModelLoadError(
+                f"{path}: the model keeps its weights in {location!r}, which is missing: "
+                f"copy it next to the model (expected at {path.parent / location})"
+            )
+    problems = signature_problems(model)
+    if problems:
+        raise ModelLoadError(f"{path}: " + "; ".join(problems))
     if check:
         try:
             # A path lets the checker handle models over 2 GiB with external data.
             onnx.checker.check_model(str(path) if locations else model)
         except onnx.checker.ValidationError as exc:
             raise ModelLoadError(f"{path}: invalid ONNX model: {first_line(exc)}") from None
-    if locations:
+    if locations and weights:
         onnx.load_external_data_for_model(model, str(path.parent))
     return model
 

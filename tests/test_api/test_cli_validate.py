@@ -102,6 +102,7 @@ def test_help_lists_every_command_without_importing_them() -> None:
         "bench",
         "crd",
         "infer",
+        "init",
         "optimize",
         "run",
         "serve",

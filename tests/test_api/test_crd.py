@@ -204,3 +204,28 @@ def test_cross_field_rules_are_also_enforced_by_cel(path: Path) -> None:
 def test_missing_sha256_is_rejected_by_cel_too() -> None:
     doc = yaml.safe_load((Path(__file__).parent / "invalid" / "missing-sha256.yaml").read_text())
     assert any("sha256 is required" in f for f in cel_failures(_root_schema(), doc))
+
+
+def test_a_resource_without_inputs_passes_every_cel_rule() -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "cnn.yaml").read_text())
+    del doc["spec"]["inputs"], doc["spec"]["outputs"]
+    parse_resource(doc)
+    assert cel_failures(_root_schema(), doc) == []
+
+
+def test_the_crd_no_longer_requires_inputs_but_keeps_them_non_empty() -> None:
+    spec = _root_schema()["properties"]["spec"]
+    assert "inputs" not in spec["required"]
+    assert spec["properties"]["inputs"]["minItems"] == 1
+    contract = spec["properties"]["inputs"]
+    status = _root_schema()["properties"]["status"]["properties"]["optimization"]
+    assert status["properties"]["contract"]["properties"]["inputs"]["items"] == contract["items"]
+
+
+@pytest.mark.parametrize("model", ["cnn", "mlp", "transformer"])
+def test_what_kubeaccel_init_writes_passes_every_cel_rule(model: str) -> None:
+    from kubeaccel_runtime.init.cli import InitRequest, draft_for_model
+
+    request = InitRequest(model=f"examples/models/{model}.onnx", shards=2, gpus=1)
+    doc = yaml.safe_load(draft_for_model(request, cwd=ROOT).yaml(f"{model}.yaml"))
+    assert cel_failures(_root_schema(), doc) == []

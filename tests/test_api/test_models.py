@@ -10,6 +10,7 @@ from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.v1alpha1 import (
     AcceleratedModelSpec,
     ExecutionProvider,
+    OptimizationStatus,
     QuantizationMode,
 )
 from kubeaccel_api.validation import InvalidResource, parse_resource
@@ -99,3 +100,34 @@ def test_artifact_id_changes_with_source_and_optimization_only() -> None:
     assert len(ids) == 3
     assert artifact_id(same) == artifact_id(spec)
     assert len(artifact_id(spec)) == 16
+
+
+def test_a_spec_without_a_contract_is_valid_and_leaves_it_to_the_model() -> None:
+    spec = AcceleratedModelSpec.model_validate({"source": MINIMAL["source"]})
+    assert spec.inputs is None and spec.outputs is None
+    assert "inputs" not in spec.to_wire()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torch-exported-program"])
+def test_formats_that_record_their_signature_need_no_contract(fmt: str) -> None:
+    spec = AcceleratedModelSpec.model_validate({"source": {**MINIMAL["source"], "format": fmt}})
+    assert spec.inputs is None
+
+
+def test_a_written_contract_may_not_be_empty() -> None:
+    with pytest.raises(ValueError, match="at least 1 item"):
+        AcceleratedModelSpec.model_validate({**MINIMAL, "inputs": []})
+
+
+def test_the_contract_read_from_the_model_fits_in_status() -> None:
+    status = OptimizationStatus.model_validate(
+        {
+            "artifactId": "a" * 16,
+            "contract": {
+                "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 4]}],
+                "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 10]}],
+            },
+        }
+    )
+    assert status.contract is not None and status.contract.inputs[0].shape == [-1, 4]
+    assert status.to_wire()["contract"]["outputs"][0]["name"] == "logits"

@@ -11,6 +11,7 @@ from typing import Any
 
 import kopf
 import pytest
+from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 from kubeaccel_operator import handlers, kube
 from kubeaccel_operator.errors import ApiError, ForeignObject
@@ -264,3 +265,28 @@ def test_an_event_that_cannot_be_posted_does_not_fail_the_reconcile(fake: FakeCl
     fake.post_event = refuse  # type: ignore[method-assign]
     patch = run(body(GPU2))
     assert patch["status"]["phase"] == "Optimizing"
+
+
+def test_a_contract_edit_that_contradicts_the_model_fails_and_leaves_the_shards_alone(
+    fake: FakeCluster, events: list[Any]
+) -> None:
+    raw = body({"inputs": [{"name": "pixels", "dtype": "float32", "shape": [-1, 784]}]})
+    recorded = {
+        "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 1, 28, 28]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 10]}],
+    }
+    spec = AcceleratedModel.model_validate(raw).spec
+    raw["status"] = {
+        "phase": "Ready",
+        "optimization": {"artifactId": artifact_id(spec), "contract": recorded},
+    }
+    patch = kopf.Patch()
+    with pytest.raises(kopf.PermanentError):
+        handlers._handle(kopf.Body(raw), patch, LOG)
+    validated = next(c for c in patch["status"]["conditions"] if c["type"] == "Validated")
+    assert validated["reason"] == "ContractMismatch"
+    assert "spec.inputs lacks model input(s): x" in validated["message"]
+    assert "spec.inputs[0] (pixels): the model has no such tensor (has: x)" in validated["message"]
+    assert patch["status"]["optimization"]["contract"] == recorded  # the record stays
+    assert fake.applied == []
+    assert [(e[1], e[2]) for e in events] == [("Warning", "ContractMismatch")]

@@ -647,3 +647,41 @@ def test_parse_summary_reports_what_is_wrong_with_it() -> None:
     assert bad.artifact_id == artifact and problem is not None and "speedup" in problem
     extra, problem = parse_summary('{"artifactId": "0123456789abcdef", "newField": 1}', artifact)
     assert problem is None and extra.artifact_id == artifact
+
+
+# --------------------------------------------------------------------------- written contract
+
+# What the Job read from the model (sample bodies declare x: float32 [-1, 1, 28, 28]).
+RECORDED = {
+    "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 1, 28, 28]}],
+    "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 10]}],
+}
+
+
+def _optimized(spec: dict[str, Any] | None = None, artifact: str | None = None) -> Any:
+    return {
+        "phase": "Ready",
+        "optimization": {"artifactId": artifact or aid(spec), "contract": RECORDED},
+    }
+
+
+def test_a_written_contract_that_contradicts_the_recorded_one_is_an_invalid_spec() -> None:
+    wrong = {"inputs": [{"name": "x", "dtype": "float16", "shape": [-1, 1, 28, 32]}]}
+    with pytest.raises(InvalidSpec) as err:
+        reconcile(model(wrong, status=_optimized(wrong)), observed(), CFG, NOW)
+    assert err.value.reason == "ContractMismatch"
+    assert err.value.problems == [
+        "spec.inputs[0] (x): dtype float16, the model's is float32",
+        "spec.inputs[0] (x): shape[3] is 32, the model fixes it to 28",
+    ]
+
+
+def test_a_contract_is_checked_only_against_its_own_artifacts_record() -> None:
+    wrong = {"inputs": [{"name": "x", "dtype": "float16", "shape": [-1, 1, 28, 28]}]}
+    # Another artifact (a new Job will check), no record, or no written contract: no verdict.
+    reconcile(model(wrong, status=_optimized(artifact="0" * 16)), observed(), CFG, NOW)
+    reconcile(model(wrong, status={"phase": "Ready"}), observed(), CFG, NOW)
+    res = model(status=_optimized())
+    unwritten = res.model_copy(update={"spec": res.spec.model_copy(update={"inputs": None})})
+    reconcile(unwritten, observed(), CFG, NOW)
+    reconcile(model(status=_optimized()), observed(), CFG, NOW)  # a matching one passes

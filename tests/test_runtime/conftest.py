@@ -282,3 +282,40 @@ def opt_write_spec(
 def opt_spec_writer() -> Callable[..., Path]:
     """Write an AcceleratedModel YAML pointing at a model file (see opt_write_spec)."""
     return opt_write_spec
+
+
+def opt_save_external(model: ModelProto, path: Path, location: str) -> None:
+    """Save `model` to `path` with every weight in the external file `location` beside it."""
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, location=location, size_threshold=0
+    )
+
+
+@pytest.fixture(scope="session")
+def opt_external_saver() -> Callable[[ModelProto, Path, str], None]:
+    """Save a model with its weights in an external data file (see opt_save_external)."""
+    return opt_save_external
+
+
+def opt_export_torch(module: object, features: int, path: Path) -> None:
+    """Export a fresh torch module taking [batch, features] to ONNX, as a user would:
+    named input `features` and output `scores`, a dynamic batch, weights inside the file."""
+    import torch
+
+    torch.onnx.export(
+        module,
+        (torch.randn(2, features),),
+        str(path),
+        input_names=["features"],
+        output_names=["scores"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        external_data=False,
+        verbose=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def opt_torch_exporter() -> Callable[[object, int, Path], None]:
+    """Export a torch module to ONNX (see opt_export_torch); skips without torch."""
+    pytest.importorskip("torch")
+    return opt_export_torch

@@ -106,14 +106,14 @@ def test_failures_exit_1_with_the_reason_and_write_the_error_to_the_termination_
 def test_an_invalid_spec_file_exits_1_with_every_problem(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "apiVersion: kubeaccel.io/v1alpha1\nkind: AcceleratedModel\nmetadata: {name: x}\nspec: {source: {uri: 'file://m.onnx'}}\n"
+        "apiVersion: kubeaccel.io/v1alpha1\nkind: AcceleratedModel\nmetadata: {name: x}\nspec: {source: {uri: 'file://m.onnx'}, optimization: {partition: {shards: 0}}}\n"
     )
     code, _, err, summary = _invoke(
         tmp_path, "optimize", "--spec", str(bad), "--out", str(tmp_path / "o")
     )
     assert code == 1 and "invalid spec" in err
     assert "spec.source.sha256: is required unless allowUnverified is true" in err
-    assert "spec.inputs: is required" in err
+    assert "spec.optimization.partition.shards: Input should be greater than or equal to 1" in err
     assert summary is not None and summary["reason"] == "InvalidSpec"
 
 
@@ -121,3 +121,11 @@ def test_the_termination_summary_fits_in_kubernetes_4096_bytes():
     big = {"artifactId": "x", "candidates": [{"config": "c" * 100}] * 100}
     text = compact(big)
     assert len(text.encode()) <= TERMINATION_LIMIT and json.loads(text) == {"artifactId": "x"}
+
+
+def test_the_contract_goes_after_the_candidates_when_the_summary_is_too_long():
+    contract = {"inputs": [{"name": "x" * 200, "dtype": "float32", "shape": [-1]}] * 30}
+    big = {"artifactId": "x", "candidates": [{"config": "c" * 100}] * 10, "contract": contract}
+    assert json.loads(compact(big)) == {"artifactId": "x"}
+    small = {"artifactId": "x", "candidates": [{"config": "c" * 100}] * 50, "contract": {"a": 1}}
+    assert json.loads(compact(small)) == {"artifactId": "x", "contract": {"a": 1}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -348,8 +349,11 @@ def test_fp16_mode_halves_the_artifact_and_keeps_float32_io(tmp_path, opt_models
 def test_torch_sources_without_torch_name_the_extra_to_install(
     tmp_path, opt_spec_writer, monkeypatch
 ):
-    (tmp_path / "model.pt").write_bytes(b"not used")
-    sha = hashlib.sha256(b"not used").hexdigest()
+    # The table of contents of a TorchScript archive (its contents are never read here).
+    with zipfile.ZipFile(tmp_path / "model.pt", "w") as archive:
+        archive.writestr("model/code/__torch__.py", "")
+        archive.writestr("model/constants.pkl", b"")
+    sha = hashlib.sha256((tmp_path / "model.pt").read_bytes()).hexdigest()
     path = opt_spec_writer(tmp_path, "model.pt", sha)
     path.write_text(
         path.read_text().replace(

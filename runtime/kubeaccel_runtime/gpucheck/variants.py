@@ -90,7 +90,7 @@ def load_inputs(resource: AcceleratedModel, root: Path, max_batch: int | None) -
         )
     else:  # as the optimization Job does without calibration data: from the contract
         calibration = sample_data.generate(
-            inputs, spec.inputs, count=CALIBRATION_SAMPLES, seed=val.seed + 1
+            inputs, spec.inputs or [], count=CALIBRATION_SAMPLES, seed=val.seed + 1
         )
     return Inputs(resource, model, validation, calibration, max_batch or spec.limits.max_batch)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from kubeaccel_api.validation import InvalidResource
 from rich.console import Console
+from rich.text import Text
 
 from kubeaccel_runtime.local.run import (
     RunError,
@@ -32,12 +33,30 @@ WORKDIR = click.option(
 )
 
 
+def spec_from_model(model: str, workdir: Path, err: Console) -> Path:
+    """`kubeaccel init` in memory for MODEL, written under the work directory for reuse."""
+    from kubeaccel_runtime.init.cli import InitRequest, draft_for_model
+    from kubeaccel_runtime.init.probe import InitError
+
+    try:
+        drafted = draft_for_model(InitRequest(model=model), cwd=Path.cwd())
+    except InitError as exc:
+        err.print(Text.assemble(("✗ ", "red"), str(exc)), soft_wrap=True)
+        sys.exit(1)
+    path = RunPaths(workdir.resolve(), drafted.draft.name).root / "init.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(drafted.yaml(str(path)))
+    err.print(Text(f"spec (kubeaccel init {model}): {path}"), soft_wrap=True)
+    return path
+
+
 @click.command()
+@click.argument("model", required=False)
 @click.option(
     "-f",
     "--filename",
     "spec_path",
-    required=True,
+    default=None,
     type=click.Path(dir_okay=False, path_type=Path),
     help="AcceleratedModel YAML.",
 )
@@ -47,15 +66,24 @@ WORKDIR = click.option(
 @click.option("--force", is_flag=True, help="Re-optimize even if the artifact exists.")
 @click.option("--ready-timeout", type=float, default=120.0, show_default=True, help="Seconds.")
 def run(
-    spec_path: Path,
+    model: str | None,
+    spec_path: Path | None,
     workdir: Path,
     port: int | None,
     detach: bool,
     force: bool,
     ready_timeout: float,
 ) -> None:
-    """Optimize a model and serve every shard locally, chained on loopback."""
+    """Optimize a model and serve every shard locally, chained on loopback.
+
+    Give an AcceleratedModel with -f, or just a MODEL file: its spec is then written as
+    `kubeaccel init MODEL` would (under the work directory) and used.
+    """
     console, err = Console(), Console(stderr=True)
+    if model is not None and spec_path is None:
+        spec_path = spec_from_model(model, workdir, err)
+    elif spec_path is None or model is not None:
+        raise click.UsageError("give either MODEL or -f SPEC (exactly one)")
     try:
         resource = load_one(spec_path)
     except InvalidResource as exc:

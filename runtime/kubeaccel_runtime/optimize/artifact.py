@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeaccel_api.constants import MANIFEST_FILE, REPORT_FILE, SHARD_FILE_TEMPLATE
+from kubeaccel_api.v1alpha1 import ModelContract
 from kubeaccel_api.version import __version__
 
 from kubeaccel_runtime import onnx_io
@@ -70,6 +71,7 @@ def write_artifact(
     shards: Sequence[Shard],
     spec_wire: dict[str, Any],
     report: dict[str, Any],
+    contract: ModelContract | None = None,
     force: bool = False,
     engines: tuple[Path, EngineCache] | None = None,
 ) -> Path:
@@ -125,6 +127,7 @@ def write_artifact(
             files=files,
             spec=spec_wire,
             engine_cache=engine_cache,
+            contract=contract,
         )
         with (tmp / MANIFEST_FILE).open("w") as fh:
             fh.write(manifest.to_json())

@@ -31,13 +31,19 @@ def termination_log_path() -> Path | None:
     return TERMINATION_LOG if TERMINATION_LOG.exists() else None
 
 
+# Dropped in this order when the summary is over the limit (the contract also sits in
+# the manifest, which the server reads; the candidates in report.json).
+DROPPABLE = ("candidates", "contract")
+
+
 def compact(payload: dict[str, Any]) -> str:
-    """Compact JSON under the termination-message limit (candidates dropped if needed)."""
+    """Compact JSON under the termination-message limit (candidates, then contract dropped)."""
     text = json.dumps(payload, separators=(",", ":"))
-    if len(text.encode()) > TERMINATION_LIMIT and "candidates" in payload:
-        text = json.dumps(
-            {k: v for k, v in payload.items() if k != "candidates"}, separators=(",", ":")
-        )
+    for key in DROPPABLE:
+        if len(text.encode()) <= TERMINATION_LIMIT:
+            break
+        payload = {k: v for k, v in payload.items() if k != key}
+        text = json.dumps(payload, separators=(",", ":"))
     if len(text.encode()) > TERMINATION_LIMIT:
         text = text.encode()[: TERMINATION_LIMIT - 1].decode(errors="ignore")
     return text

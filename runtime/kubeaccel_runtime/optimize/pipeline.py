@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.constants import REPORT_FILE
+from kubeaccel_api.contract import Tensor, contract_problems
 from kubeaccel_api.target import serving_target
 from kubeaccel_api.v1alpha1 import (
     AcceleratedModel,
@@ -25,14 +26,16 @@ from kubeaccel_api.v1alpha1 import (
     CandidateReport,
     DataSource,
     ExecutionProvider,
+    ModelContract,
     OptimizationStatus,
     SourceFormat,
 )
 from kubeaccel_api.version import __version__
 from onnx import ModelProto
 
-from kubeaccel_runtime import gpu_info, onnx_io
-from kubeaccel_runtime.artifact_manifest import EngineCache, TensorInfo
+from kubeaccel_runtime import gpu_info, model_format, onnx_io
+from kubeaccel_runtime.artifact_manifest import EngineCache, Manifest, TensorInfo
+from kubeaccel_runtime.model_contract import ContractUnreadable, read_contract
 from kubeaccel_runtime.optimize import accuracy, artifact, cpu, stages
 from kubeaccel_runtime.optimize import data as sample_data
 from kubeaccel_runtime.optimize import source as sources
@@ -142,7 +145,10 @@ def run_optimization(
     events: Progress = progress or _Silent()
     spec = resource.spec
     aid = artifact_id(spec)
-    if not force and artifact.existing(out_dir, aid) is not None:
+    manifest = None if force else artifact.existing(out_dir, aid)
+    if manifest is not None:
+        # The contract is not part of the artifact id: a changed one is checked here.
+        check_reused_contract(spec, manifest)
         events.done("reuse", f"artifact {aid} already exists")
         report = json.loads((out_dir / aid / REPORT_FILE).read_text())
         return OptimizeResult(out_dir / aid, report, reused=True)
@@ -159,6 +165,7 @@ def run_optimization(
             shards=shards,
             spec_wire=spec.to_wire(),
             report=report,
+            contract=job.contract,
             force=True,
             engines=job.engines,
         )
@@ -167,43 +174,29 @@ def run_optimization(
 
 
 def check_contract(
-    spec: AcceleratedModelSpec, inputs: list[TensorInfo], outputs: list[TensorInfo]
+    spec: AcceleratedModelSpec, inputs: Sequence[Tensor], outputs: Sequence[Tensor]
 ) -> None:
-    """The spec's inputs/outputs must name the model's tensors with the same dtype and rank.
+    """A written spec.inputs/outputs must name the model's tensors with the same dtype and rank.
 
     Raises:
         ContractMismatch: every disagreement, one per line.
     """
-    problems: list[str] = []
-    model_in = {t.name: t for t in inputs}
-    spec_names = [t.name for t in spec.inputs]
-    missing = [n for n in model_in if n not in spec_names]
-    if missing:
-        problems.append(f"spec.inputs lacks model input(s): {', '.join(missing)}")
-    groups: list[tuple[str, Sequence[Any], dict[str, TensorInfo]]] = [
-        ("inputs", spec.inputs, model_in)
-    ]
-    if spec.outputs:
-        groups.append(("outputs", spec.outputs, {t.name: t for t in outputs}))
-    for field_name, tensors, model in groups:
-        for i, want in enumerate(tensors):
-            where = f"spec.{field_name}[{i}] ({want.name})"
-            got = model.get(want.name)
-            if got is None:
-                problems.append(f"{where}: the model has no such tensor (has: {', '.join(model)})")
-                continue
-            if got.dtype != want.dtype:
-                problems.append(
-                    f"{where}: dtype {want.dtype.value}, the model's is {got.dtype.value}"
-                )
-            if len(got.shape) != len(want.shape):
-                problems.append(f"{where}: shape {want.shape}, the model's is {got.shape}")
-                continue
-            for axis, (w, m) in enumerate(zip(want.shape, got.shape, strict=True)):
-                if m > 0 and w != m:
-                    problems.append(f"{where}: shape[{axis}] is {w}, the model fixes it to {m}")
+    if spec.inputs is None:
+        return
+    problems = contract_problems(spec.inputs, spec.outputs, inputs, outputs)
     if problems:
         raise ContractMismatch("the spec does not match the model:\n  " + "\n  ".join(problems))
+
+
+def check_reused_contract(spec: AcceleratedModelSpec, manifest: Manifest) -> None:
+    """A written contract must fit the model an existing artifact was built from.
+
+    Raises:
+        ContractMismatch: as check_contract (artifacts written before contracts were recorded
+            are not checked here; the server still checks them when it loads).
+    """
+    if manifest.contract is not None:
+        check_contract(spec, manifest.contract.inputs, manifest.contract.outputs)
 
 
 def _basename(uri: str, default: str) -> str:
@@ -232,6 +225,7 @@ class _Job:
         self.pvc = opts.pvc_root or sources.pvc_root()
         self.source_sha256 = ""
         self.companions: dict[str, str] = {}
+        self.contract: ModelContract | None = None
         self.session_settings = SessionSettings(threads=opts.threads)
         self.target = serving_target(resource.spec)
         self.provider_notes: list[str] = []
@@ -252,9 +246,16 @@ class _Job:
             pvc=self.pvc,
             limits=self.opts.limits,
         )
+        try:
+            # Before any parser sees the bytes: a pickle is refused, not parsed.
+            model_format.check_declared(fetched.path, src.format)
+        except model_format.NotAModel as exc:
+            raise UnsupportedModel(f"{src.uri}: {exc}") from None
         if src.format is SourceFormat.ONNX:
             try:
                 names = onnx_io.peek_external_data(fetched.path)
+            except onnx_io.NotOnnx as exc:
+                raise UnsupportedModel(f"{src.uri}: {exc}; {model_format.FORMATS_HINT}") from None
             except onnx_io.ModelLoadError as exc:
                 raise UnsupportedModel(f"{src.uri}: {exc}") from None
             fetched = sources.copy_companions(fetched, names, cwd=self.cwd, pvc=self.pvc)
@@ -265,29 +266,42 @@ class _Job:
         return fetched
 
     def load_model(self, fetched: sources.Fetched) -> ModelProto:
-        self.events.start("load", self.spec.source.format.value)
-        if self.spec.source.format is SourceFormat.ONNX:
+        src = self.spec.source
+        self.events.start("load", src.format.value)
+        if src.format is SourceFormat.ONNX:
             try:
                 model = onnx_io.load(fetched.path)
-            except onnx_io.ModelLoadError as exc:
-                raise UnsupportedModel(f"{self.spec.source.uri}: {exc}") from None
+            except onnx_io.ModelLoadError as exc:  # not ONNX at all was refused when fetched
+                raise UnsupportedModel(f"{src.uri}: {exc}") from None
         else:
+            if src.format is SourceFormat.TORCHSCRIPT and self.spec.inputs is None:
+                # The API refuses this too; a spec handed over by other means is checked here.
+                raise UnsupportedModel(
+                    "spec.inputs is required for torchscript sources (TorchScript files do "
+                    "not record input dtypes and shapes)"
+                )
             from kubeaccel_runtime.optimize.torch_export import export_to_onnx
 
             model = export_to_onnx(
-                fetched.path,
-                self.spec.source.format,
-                self.spec.inputs,
-                self.spec.outputs,
-                self.work,
+                fetched.path, src.format, self.spec.inputs or [], self.spec.outputs, self.work
             )
         try:
             inputs, outputs = onnx_io.model_inputs(model), onnx_io.model_outputs(model)
         except onnx_io.ModelLoadError as exc:
             raise UnsupportedModel(str(exc)) from None
+        try:
+            self.contract = read_contract(model)
+        except ContractUnreadable as exc:
+            if self.spec.inputs is None:
+                raise UnsupportedModel(
+                    f"{src.uri}: cannot read the request contract from the model: {exc}"
+                ) from None
+            self.contract = None  # the written contract stands alone, as before
         check_contract(self.spec, inputs, outputs)
+        origin = "written in the spec" if self.spec.inputs is not None else "read from the model"
         self.events.done(
-            "load", f"{len(model.graph.node)} nodes, {onnx_io.model_bytes(model)} bytes"
+            "load",
+            f"{len(model.graph.node)} nodes, {onnx_io.model_bytes(model)} bytes, contract {origin}",
         )
         return model
 
@@ -296,7 +310,7 @@ class _Job:
     ) -> sample_data.Samples:
         if source.uri is None:
             return sample_data.generate(
-                inputs, self.spec.inputs, count=source.samples, seed=source.seed + seed_offset
+                inputs, self.spec.inputs or [], count=source.samples, seed=source.seed + seed_offset
             )
         dest = self.work / what / _basename(source.uri, "samples.npz")
         fetched = sources.fetch(
@@ -722,6 +736,7 @@ def _report(
         chosen=chosen.candidate.name,
         execution_provider=provider,
         candidates=summary_candidates,
+        contract=job.contract,
     )
     saturation = plan.saturation
     return {

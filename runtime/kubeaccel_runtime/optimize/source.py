@@ -212,7 +212,10 @@ def copy_companions(fetched: Fetched, names: list[str], *, cwd: Path, pvc: Path)
         src = location.path.parent / name
         dst = fetched.path.parent / name
         if not src.is_file():
-            raise SourceError(f"{fetched.uri}: external data file {name!r} is missing")
+            raise SourceError(
+                f"{fetched.uri}: the model keeps its weights in {name!r}, which is missing: "
+                f"copy it next to the model (expected at {src})"
+            )
         dst.parent.mkdir(parents=True, exist_ok=True)
         digest, _ = _copy(
             _local_chunks(src, fetched.uri), dst, FetchLimits(max_bytes=2**62), fetched.uri

@@ -163,6 +163,7 @@ def _export(
             external_data=False,
             input_names=input_names,
             output_names=output_names,
+            verbose=False,  # else progress lines go to stdout (`kubeaccel init -o -` writes YAML there)
         )
     else:
         raise UnsupportedModel(f"{fmt.value} is not a torch format")

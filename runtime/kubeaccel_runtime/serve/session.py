@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from kubeaccel_api.v1alpha1 import AcceleratedModelSpec, DType, ExecutionProvider
+from kubeaccel_api.v1alpha1 import AcceleratedModelSpec, DType, ExecutionProvider, TensorSpec
 
 from kubeaccel_runtime.artifact_manifest import (
     ArtifactInvalid,
@@ -208,6 +208,17 @@ def _tensor_rules(
     )
 
 
+def declared_contract(
+    manifest: Manifest, spec: AcceleratedModelSpec
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The inputs/outputs contract to enforce: the spec's where written, else the one the
+    optimization Job read from the model and recorded in the manifest."""
+    recorded = manifest.contract
+    inputs = spec.inputs if spec.inputs is not None else (recorded.inputs if recorded else [])
+    outputs = spec.outputs if spec.outputs is not None else (recorded.outputs if recorded else [])
+    return inputs, outputs
+
+
 def build_contract(
     manifest: Manifest, spec: AcceleratedModelSpec, shard_index: int, session: Any, forwarding: bool
 ) -> tuple[Contract, tuple[TensorRule, ...]]:
@@ -218,13 +229,14 @@ def build_contract(
     _check_boundary("inputs", shard.inputs, sig_in)
     _check_boundary("outputs", shard.outputs, sig_out)
     last = shard_index == len(manifest.shards) - 1
+    declared_in, declared_out = declared_contract(manifest, spec)
     try:
         if shard_index == 0:
-            inputs = rules_from_spec(spec.inputs, sig_in, kind="inputs", non_finite_default=True)
+            inputs = rules_from_spec(declared_in, sig_in, kind="inputs", non_finite_default=True)
         else:
             inputs = sig_in
         outputs = (
-            rules_from_spec(spec.outputs or [], sig_out, kind="outputs", non_finite_default=False)
+            rules_from_spec(declared_out, sig_out, kind="outputs", non_finite_default=False)
             if last
             else sig_out
         )
@@ -232,7 +244,7 @@ def build_contract(
         if forwarding and not last:
             model_out = _tensor_rules(manifest.outputs, reject_non_finite=False)
             final = rules_from_spec(
-                spec.outputs or [], model_out, kind="outputs", non_finite_default=False
+                declared_out, model_out, kind="outputs", non_finite_default=False
             )
         else:
             final = outputs
