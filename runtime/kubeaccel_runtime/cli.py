@@ -12,7 +12,6 @@ from pathlib import Path
 
 import click
 from kubeaccel_api import __version__
-from rich.console import Console
 
 # name -> "module:attribute" of a click command, imported on first use.
 LAZY_COMMANDS: dict[str, str] = {
@@ -84,19 +83,20 @@ def crd(write: bool, root: Path) -> None:
 )
 def validate(files: tuple[Path, ...]) -> None:
     """Check AcceleratedModel files; print each problem with its field path."""
+    from kubeaccel_runtime import terminal
     from kubeaccel_runtime.specfile import check_file
 
-    out, err = Console(), Console(stderr=True)
+    out, err = terminal.console(), terminal.console(stderr=True)
     failed = False
     for path in files:
         resources, problems = check_file(path)
         for problem in problems:
-            err.print(f"[red]✗[/red] {problem}", markup=True, highlight=False, soft_wrap=True)
+            terminal.say(err, terminal.FAIL, f" {problem}")
         if problems:
             failed = True
         else:
             names = ", ".join(r.metadata.name for r in resources)
-            out.print(f"[green]✓[/green] {path}: {names}", highlight=False, soft_wrap=True)
+            terminal.say(out, terminal.OK, f" {path}: {names}")
     sys.exit(1 if failed else 0)
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from rich.console import Console
 from rich.table import Table
 
+from kubeaccel_runtime import terminal
 from kubeaccel_runtime.client import InferenceClient
 from kubeaccel_runtime.loadgen import LoadSpec
 from kubeaccel_runtime.loadgen import run as run_load
@@ -69,12 +69,12 @@ def original_predictions(model_path: Path, images: np.ndarray[Any, Any]) -> np.n
 
 def main() -> int:
     """Run the demo; 0 only if every step worked."""
-    console = Console()
+    console = terminal.console()
     resource = load_one(SPEC)
     name = resource.metadata.name
     console.rule("1. optimize and serve: kubeaccel run -f examples/cnn.yaml --detach")
     if _kubeaccel("run", "-f", str(SPEC), "--detach", "--workdir", str(WORKDIR)) != 0:
-        console.print("[red]demo failed[/red]: kubeaccel run did not start")
+        terminal.say(console, ("demo failed", "red"), ": kubeaccel run did not start")
         return 1
     paths = RunPaths(WORKDIR.resolve(), name)
     try:
@@ -115,7 +115,7 @@ def main() -> int:
         allowed_drop = resource.spec.optimization.accuracy_budget.max_accuracy_drop or 0.0
         ok = load.errors == 0 and acc_after >= acc_before - allowed_drop - 1e-9
         if not ok:
-            console.print("[red]demo failed[/red]: errors under load or accuracy lost")
+            terminal.say(console, ("demo failed", "red"), ": errors under load or accuracy lost")
         return 0 if ok else 1
     finally:
         console.rule("5. stop")

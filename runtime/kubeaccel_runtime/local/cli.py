@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 from kubeaccel_api.validation import InvalidResource
 from rich.console import Console
-from rich.text import Text
 
+from kubeaccel_runtime import terminal
 from kubeaccel_runtime.local.run import (
     RunError,
     RunPaths,
@@ -41,12 +41,12 @@ def spec_from_model(model: str, workdir: Path, err: Console) -> Path:
     try:
         drafted = draft_for_model(InitRequest(model=model), cwd=Path.cwd())
     except InitError as exc:
-        err.print(Text.assemble(("✗ ", "red"), str(exc)), soft_wrap=True)
+        terminal.say(err, terminal.FAIL, f" {exc}")
         sys.exit(1)
     path = RunPaths(workdir.resolve(), drafted.draft.name).root / "init.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(drafted.yaml(str(path)))
-    err.print(Text(f"spec (kubeaccel init {model}): {path}"), soft_wrap=True)
+    terminal.say(err, f"spec (kubeaccel init {model}): {path}")
     return path
 
 
@@ -79,7 +79,7 @@ def run(
     Give an AcceleratedModel with -f, or just a MODEL file: its spec is then written as
     `kubeaccel init MODEL` would (under the work directory) and used.
     """
-    console, err = Console(), Console(stderr=True)
+    console, err = terminal.console(), terminal.console(stderr=True)
     if model is not None and spec_path is None:
         spec_path = spec_from_model(model, workdir, err)
     elif spec_path is None or model is not None:
@@ -88,7 +88,7 @@ def run(
         resource = load_one(spec_path)
     except InvalidResource as exc:
         for line in exc.problems:
-            err.print(f"[red]✗[/red] {line}", highlight=False, soft_wrap=True)
+            terminal.say(err, terminal.FAIL, f" {line}")
         sys.exit(1)
     paths = RunPaths(workdir.resolve(), resource.metadata.name)
     try:
@@ -98,20 +98,21 @@ def run(
         artifact = result.path
         write_spec(resource, paths)
         reused = " (reused: same source and optimization)" if result.reused else ""
-        console.print(f"artifact: {artifact}{reused}")
+        terminal.say(console, f"artifact: {artifact}{reused}")
         console.print(summary_table(result.report))
         if detach:
             state = start_detached(spec_path, paths, port=port, ready_timeout=ready_timeout)
-            console.print(f"[green]ready[/green]: {state['endpoint']}")
-            console.print(
-                f"stop it with: kubeaccel stop {resource.metadata.name} --workdir {workdir}"
+            terminal.say(console, terminal.READY, f": {state['endpoint']}")
+            terminal.say(
+                console,
+                f"stop it with: kubeaccel stop {resource.metadata.name} --workdir {workdir}",
             )
             return
         code = serve_foreground(
             resource, artifact, paths, port=port, ready_timeout=ready_timeout, console=console
         )
     except (RunError, PortInUse, OptimizeError) as exc:
-        err.print(f"[red]error[/red]: {exc}", highlight=False, soft_wrap=True)
+        terminal.say(err, terminal.ERROR, f": {exc}")
         sys.exit(1)
     sys.exit(code)
 

@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 import click
 import httpx
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
+from kubeaccel_runtime import terminal
 from kubeaccel_runtime.client import OIP_TO_NUMPY, InferenceClient, OipDecodeError, OipError
 from kubeaccel_runtime.loadgen import LoadError, LoadSpec, inputs_from_metadata, run
 
@@ -90,7 +90,7 @@ def infer(
     full: bool,
 ) -> None:
     """Send one inference request and print the outputs."""
-    err = Console(stderr=True)
+    err = terminal.console(stderr=True)
     try:
         if use_random == (file is not None):
             raise ClientInputError("pass exactly one of --random or --file")
@@ -103,10 +103,10 @@ def infer(
                 inputs = random_inputs(metadata, batch, seed)
             result = client.infer(name, inputs, binary=not as_json)
     except (ClientInputError, OipError, OipDecodeError) as exc:
-        err.print(f"[red]error[/red]: {exc}", highlight=False, soft_wrap=True)
+        terminal.say(err, terminal.ERROR, f": {exc}")
         sys.exit(1)
     except (httpx.HTTPError, OSError) as exc:  # connection refused, DNS, timeouts
-        err.print(f"[red]error[/red]: cannot reach {endpoint}: {exc}", highlight=False)
+        terminal.say(err, terminal.ERROR, f": cannot reach {endpoint}: {exc}")
         sys.exit(1)
     if full:
         click.echo(json.dumps({k: v.tolist() for k, v in result.outputs.items()}))
@@ -138,7 +138,7 @@ def bench(
     output_json: bool,
 ) -> None:
     """Load-test an endpoint on a bounded budget; print p50/p90/p99 and requests/s."""
-    err = Console(stderr=True)
+    err = terminal.console(stderr=True)
     try:
         base, name = split_endpoint(endpoint, model)
         with InferenceClient(base) as client:
@@ -155,10 +155,10 @@ def bench(
             )
         )
     except (ClientInputError, OipError, OipDecodeError, LoadError) as exc:
-        err.print(f"[red]error[/red]: {exc}", highlight=False, soft_wrap=True)
+        terminal.say(err, terminal.ERROR, f": {exc}")
         sys.exit(1)
     except (httpx.HTTPError, OSError) as exc:
-        err.print(f"[red]error[/red]: cannot reach {endpoint}: {exc}", highlight=False)
+        terminal.say(err, terminal.ERROR, f": cannot reach {endpoint}: {exc}")
         sys.exit(1)
     if output_json:
         click.echo(json.dumps(result.as_dict()))
@@ -177,6 +177,6 @@ def bench(
         f"{result.p90_ms:.2f}",
         f"{result.p99_ms:.2f}",
     )
-    Console().print(table)
+    terminal.console().print(table)
     if result.errors:
         sys.exit(1)

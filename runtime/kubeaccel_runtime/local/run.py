@@ -16,6 +16,7 @@ from typing import TypedDict
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 from rich.console import Console
 
+from kubeaccel_runtime import terminal
 from kubeaccel_runtime.artifact_manifest import read_manifest
 from kubeaccel_runtime.local.supervisor import Chain, ChainConfig, ShardFailed, plan_ports
 from kubeaccel_runtime.optimize.pipeline import OptimizeResult
@@ -117,7 +118,7 @@ def serve_foreground(
     chain = Chain(cfg)
     try:
         chain.start()
-        with console.status(f"starting {shards} shard(s)…"):
+        with terminal.status(console, f"starting {shards} shard(s)…"):
             chain.wait_ready(ready_timeout)
         endpoint = f"{chain.endpoint}/v2/models/{resource.metadata.name}"
         state: RunState = {
@@ -130,15 +131,15 @@ def serve_foreground(
         tmp = paths.state.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(paths.state)
-        console.print(f"[green]ready[/green]: {endpoint}  (shards on ports {cfg.ports})")
+        terminal.say(console, terminal.READY, f": {endpoint}  (shards on ports {cfg.ports})")
         while True:
             chain.check_alive()
             time.sleep(0.5)
     except _Stop as stop:
-        console.print(f"{stop}: stopping {shards} shard(s)")
+        terminal.say(console, f"{stop}: stopping {shards} shard(s)")
         return 0
     except ShardFailed as exc:
-        console.print(f"[red]error[/red]: {exc}", highlight=False)
+        terminal.say(console, terminal.ERROR, f": {exc}")
         return 1
     finally:
         for sig, handler in previous.items():

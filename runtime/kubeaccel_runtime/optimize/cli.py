@@ -15,6 +15,7 @@ from kubeaccel_api.validation import InvalidResource
 from rich.console import Console
 from rich.table import Table
 
+from kubeaccel_runtime import terminal
 from kubeaccel_runtime.artifact_manifest import ArtifactInvalid
 
 TERMINATION_LOG = Path("/dev/termination-log")
@@ -72,7 +73,7 @@ class RichProgress:
         self._started[stage] = time.perf_counter()
         if self._status is not None:
             self._status.stop()
-        self._status = self.console.status(f"[bold]{stage}[/bold] {detail}")
+        self._status = terminal.status(self.console, (stage, "bold"), f" {detail}")
         self._status.start()
 
     def done(self, stage: str, detail: str = "") -> None:
@@ -81,10 +82,13 @@ class RichProgress:
             self._status.stop()
             self._status = None
         took = time.perf_counter() - self._started.pop(stage, time.perf_counter())
-        self.console.print(
-            f"[green]✓[/green] [bold]{stage}[/bold] {detail} [dim]({took:.1f}s)[/dim]",
-            highlight=False,
-            soft_wrap=True,
+        terminal.say(
+            self.console,
+            terminal.OK,
+            " ",
+            (stage, "bold"),
+            f" {detail} ",
+            (f"({took:.1f}s)", "dim"),
         )
 
     def close(self) -> None:
@@ -159,9 +163,7 @@ def candidates_table(report: dict[str, Any]) -> Table:
 
 
 def _fail(err: Console, message: str, reason: str) -> NoReturn:
-    err.print(
-        f"[red]✗ optimize failed ({reason}):[/red] {message}", highlight=False, soft_wrap=True
-    )
+    terminal.say(err, (f"✗ optimize failed ({reason}):", "red"), f" {message}")
     write_termination_log({"error": message, "reason": reason})
     sys.exit(1)
 
@@ -230,7 +232,7 @@ def optimize(
     from kubeaccel_runtime.specfile import load_one
 
     # Job logs are not terminals; a fixed width keeps the tables readable there.
-    err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+    err = terminal.console(stderr=True, width=None if sys.stderr.isatty() else 120)
     progress = RichProgress(err)
     bench = BenchSettings(iterations=100, warmup=10) if thorough else BenchSettings()
     if bench_iterations is not None:
@@ -255,14 +257,15 @@ def optimize(
         write_termination_log({"error": "internal error (see logs)", "reason": "InternalError"})
         raise
     if result.reused:
-        err.print(
-            f"artifact {result.path.name} already exists and verifies; nothing to do (--force rebuilds)"
+        terminal.say(
+            err,
+            f"artifact {result.path.name} already exists and verifies; nothing to do (--force rebuilds)",
         )
     err.print(summary_table(result.report))
     err.print(candidates_table(result.report))
     if report_png is not None:
         from kubeaccel_runtime.optimize.chart import write_chart
 
-        err.print(f"chart: {write_chart(result.report, report_png)}")
+        terminal.say(err, f"chart: {write_chart(result.report, report_png)}")
     write_termination_log(result.summary)
     click.echo(str(result.path))

@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from kubeaccel_runtime import terminal
 from kubeaccel_runtime.zoo.digests import DigestChange, stale_digests, sync_examples
 
 MODEL_NAMES = ("cnn", "mlp", "transformer")
@@ -23,16 +24,15 @@ def _report_changes(console: Console, changes: list[DigestChange], base: Path) -
     for change in changes:
         where = _relative(change.yaml_file, base)
         if change.rewritten:
-            console.print(
+            terminal.say(
+                console,
                 f"updated {where}: sha256 {change.old} -> {change.new} "
                 f"({_relative(change.model_file, base)})",
-                highlight=False,
-                soft_wrap=True,
             )
         elif change.note:
-            console.print(f"skipped {where}: {change.note}", highlight=False)
+            terminal.say(console, f"skipped {where}: {change.note}")
         else:
-            console.print(f"{where}: sha256 already current", highlight=False)
+            terminal.say(console, f"{where}: sha256 already current")
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -99,7 +99,7 @@ def main(
     file:// URIs in the YAML files are resolved against the current directory, as
     `kubeaccel optimize` does, so run this from the repository root.
     """
-    console, err = Console(), Console(stderr=True)
+    console, err = terminal.console(), terminal.console(stderr=True)
     names = models or MODEL_NAMES
     base = Path.cwd()
     if not (sync_only or check):
@@ -108,15 +108,14 @@ def main(
         return
     missing = [p for p in _model_files(out_dir, names) if not p.is_file()]
     if missing:
-        err.print(
+        terminal.say(
+            err,
             f"missing model file(s): {', '.join(map(str, missing))}; they are committed: "
             "`git checkout -- examples/models`, or retrain with `make examples-rebuild`",
-            highlight=False,
-            markup=False,
         )
         sys.exit(1)
     if not examples_dir.is_dir():
-        err.print(f"no examples folder {examples_dir}; nothing to sync", highlight=False)
+        terminal.say(err, f"no examples folder {examples_dir}; nothing to sync")
         return
     if check:
         _check(console, err, examples_dir, _model_files(out_dir, names), base)
@@ -124,7 +123,7 @@ def main(
     changes, problems = sync_examples(examples_dir, _model_files(out_dir, names), base)
     _report_changes(console, changes, base)
     for problem in problems:
-        err.print(f"[red]✗[/red] {problem}", highlight=False, soft_wrap=True)
+        terminal.say(err, terminal.FAIL, f" {problem}")
     if problems:
         sys.exit(1)
 
@@ -134,18 +133,16 @@ def _check(
 ) -> None:
     stale = stale_digests(examples_dir, model_files, base)
     for change in stale:
-        err.print(
+        terminal.say(
+            err,
             f"{_relative(change.yaml_file, base)}: sha256 {change.old} does not match "
             f"{_relative(change.model_file, base)} ({change.new}); the committed models are "
             "the reference: `git checkout -- examples`, or after retraining on purpose "
             "`make examples-rebuild` and commit both",
-            highlight=False,
-            markup=False,
-            soft_wrap=True,
         )
     if stale:
         sys.exit(1)
-    console.print(f"examples: {len(model_files)} model file(s) match their YAML digests")
+    terminal.say(console, f"examples: {len(model_files)} model file(s) match their YAML digests")
 
 
 def _build(
@@ -160,10 +157,10 @@ def _build(
     table.add_column("sha256")
 
     def on_built(m: BuiltModel) -> None:
-        console.print(
+        terminal.say(
+            console,
             f"built {m.name}: {m.summary}; trained in {m.train_seconds:.1f} s; "
             f"held-out accuracy {m.accuracy_onnx:.4f} ({m.val_samples} samples)",
-            highlight=False,
         )
         table.add_row(
             m.name,
@@ -180,8 +177,8 @@ def _build(
     try:
         build_all(out_dir, names, seed=seed, epochs=epochs, on_built=on_built)
     except (ValueError, OSError) as exc:
-        Console(stderr=True).print(f"[red]✗[/red] build failed: {exc}", highlight=False)
+        terminal.say(terminal.console(stderr=True), terminal.FAIL, f" build failed: {exc}")
         sys.exit(1)
     # Wide enough for full digests even when stdout is not a terminal (rich assumes 80).
-    Console(width=max(console.width, 170)).print(table)
-    console.print(f"built {len(names)} model(s) in {time.perf_counter() - start:.1f} s")
+    terminal.console(width=max(console.width, 170)).print(table)
+    terminal.say(console, f"built {len(names)} model(s) in {time.perf_counter() - start:.1f} s")
