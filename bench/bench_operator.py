@@ -33,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "test_operator"))
 
+from benchdoc import write_section  # noqa: E402
 from kmock_support import Api, EmulatorThread, OperatorProcess, wait_for  # noqa: E402
 
 NS = "bench"
@@ -214,22 +215,6 @@ the operator's own cost: one at a time, both steps take tens of milliseconds.
 """
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the `## Operator` section, leaving every other section alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    path.write_text(new)
-
-
 def main() -> None:
     """Run, print a JSON summary and optionally write docs/benchmarks.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -255,7 +240,7 @@ def main() -> None:
             command += (
                 f" --sequential {args.sequential} --burst {args.burst} --workers {args.workers}"
             )
-        write_section(ROOT / "docs" / "benchmarks.md", markdown(results, command))
+        write_section(ROOT / "docs" / "benchmarks.md", SECTION, markdown(results, command))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shlex
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from benchdoc import write_section
 from kubeaccel_api.v1alpha1 import CalibrationMethod, QuantizationMode
 from kubeaccel_runtime import onnx_io
 from kubeaccel_runtime.optimize import stages
@@ -279,18 +279,6 @@ def target_lines(rows: list[Row], autos: dict[str, tuple[str, float | None]]) ->
     return lines
 
 
-def write_docs(section: str) -> None:
-    """Replace (or append) the "## Optimizer" section of docs/benchmarks.md, nothing else."""
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip() + "\n\n", text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    DOCS.write_text(text.rstrip() + "\n")
-
-
 def main(argv: list[str]) -> None:
     """Run the benchmark and print (optionally write) the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -351,7 +339,7 @@ def main(argv: list[str]) -> None:
     )
     print(section)
     if args.write_docs:
-        write_docs(section)
+        write_section(DOCS, HEADING, section)
         print(f"wrote {DOCS}", file=sys.stderr)
 
 

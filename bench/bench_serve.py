@@ -41,6 +41,7 @@ import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
+from benchdoc import write_section
 from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.v1alpha1 import AcceleratedModelSpec
 from kubeaccel_runtime.client import encode_request
@@ -719,20 +720,6 @@ NOTES = [
 ]
 
 
-def write_doc(section: str) -> None:
-    """Replace (or append) the '## Runtime server' section of docs/benchmarks.md."""
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    start = text.find(HEADING)
-    if start == -1:
-        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
-    else:
-        nxt = text.find("\n## ", start + len(HEADING))
-        end = len(text) if nxt == -1 else nxt + 1
-        text = text[:start] + section.rstrip() + "\n" + ("\n" + text[end:] if nxt != -1 else "")
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -884,7 +871,7 @@ def main() -> int:
             json.dumps({**res, "stacks": stacks}, indent=1, default=lambda o: dict(o))
         )
     if args.write:
-        write_doc(section)
+        write_section(DOC, HEADING, section)
         print(f"wrote {DOC}")
     return 0
 

@@ -117,7 +117,8 @@ class ServeApp:
         self._batcher: Batcher | None = None
         self._next = NextShard(settings.chain, slot.name) if settings.chain else None
         self._counters: dict[tuple[str, int], Any] = {}
-        self._openapi = orjson.dumps(build_openapi())
+        # The document of the model it was built for (None: the generic one).
+        self._openapi: tuple[LoadedModel | None, bytes] = (None, orjson.dumps(build_openapi()))
         self._provider_reported = ""
         self._inline_s = settings.inline_run_ms / 1000.0
         self._row_cost_s: float | None = None  # unknown until measured: start in the thread
@@ -302,7 +303,10 @@ class ServeApp:
         return 200, self.metrics.render(), METRICS_TYPE.encode()
 
     async def _openapi_doc(self) -> tuple[int, bytes, bytes]:
-        return 200, self._openapi, JSON
+        model = self.slot.model
+        if self._openapi[0] is not model:
+            self._openapi = (model, orjson.dumps(build_openapi(model)))
+        return 200, self._openapi[1], JSON
 
     async def _model_metadata(self) -> tuple[int, bytes]:
         model = self._require_model()

@@ -1,7 +1,10 @@
 """The OpenAPI 3.1 document of the runtime API, generated from the pydantic schemas.
 
-`python -m kubeaccel_runtime.serve.openapi --write docs/openapi-runtime.json` regenerates
-the committed copy; a test fails when it is stale.
+Without a model it is the generic OIP v2 document; `python -m kubeaccel_runtime.serve.openapi
+--write docs/openapi-runtime.json` regenerates the committed copy and a test fails when it is
+stale. A server with a loaded model serves it specialized to that model: the model name and
+version as the only path values, and the infer request schema of its contract
+(serve.request_schema), so that schema-driven clients and fuzzers send valid requests.
 """
 
 from __future__ import annotations
@@ -9,11 +12,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubeaccel_api import __version__
 from pydantic.json_schema import models_json_schema
 
+from kubeaccel_runtime.serve.request_schema import request_schema
 from kubeaccel_runtime.serve.schemas import (
     ErrorResponse,
     HealthResponse,
@@ -22,6 +26,9 @@ from kubeaccel_runtime.serve.schemas import (
     ModelMetadata,
     ServerMetadata,
 )
+
+if TYPE_CHECKING:
+    from kubeaccel_runtime.serve.session import LoadedModel
 
 _REF = "#/components/schemas/{model}"
 _MODELS = (
@@ -57,30 +64,26 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): _json("ErrorResponse", text[c]) for c in codes}
 
 
-_MODEL_PARAMS = [
-    {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}},
-]
-_VERSION_PARAM = {
-    "name": "model_version",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-}
+def _path_param(name: str, value: str | None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    if value is not None:
+        schema["enum"] = [value]
+    return {"name": name, "in": "path", "required": True, "schema": schema}
 
-_BINARY_BODY = {
+
+# The binary tensor data extension is described, not listed as a request media type: JSON
+# Schema cannot describe its layout, so a schema-driven client would send arbitrary bytes
+# as "valid". Nor is its header a parameter: with a JSON body it would make the server read
+# that body as a binary request.
+_BINARY_EXTENSION = {
+    "mediaType": "application/octet-stream",
+    "header": "Inference-Header-Content-Length",
     "description": (
-        "Binary tensor data extension: the first Inference-Header-Content-Length bytes are "
-        "an InferenceRequest JSON; the raw little-endian tensors follow in input order, "
-        "each announced by parameters.binary_data_size."
+        "Binary tensor data extension: send the header Inference-Header-Content-Length "
+        "(an integer >= 1); the first that many bytes of the body are an InferenceRequest "
+        "JSON, and the raw little-endian tensors follow in input order, each announced by "
+        "parameters.binary_data_size instead of data."
     ),
-    "schema": {"type": "string", "format": "binary"},
-}
-_HEADER_PARAM = {
-    "name": "Inference-Header-Content-Length",
-    "in": "header",
-    "required": False,
-    "description": "Length of the JSON header when binary tensor data follows it.",
-    "schema": {"type": "integer", "minimum": 1},
 }
 
 
@@ -89,13 +92,15 @@ def _model_paths(prefix: str, params: list[dict[str, Any]]) -> dict[str, Any]:
         "post": {
             "summary": "Run inference (JSON tensors or the binary tensor data extension).",
             "operationId": "infer" + ("_version" if "versions" in prefix else ""),
-            "parameters": [*params, _HEADER_PARAM],
+            "parameters": params,
             "requestBody": {
+                "description": (
+                    "An InferenceRequest as JSON, or a binary request: "
+                    + _BINARY_EXTENSION["description"]
+                ),
                 "required": True,
-                "content": {
-                    "application/json": {"schema": _ref("InferenceRequest")},
-                    "application/octet-stream": _BINARY_BODY,
-                },
+                "content": {"application/json": {"schema": _ref("InferenceRequest")}},
+                "x-binary-tensor-data": _BINARY_EXTENSION,
             },
             "responses": {
                 "200": {
@@ -140,12 +145,17 @@ def _model_paths(prefix: str, params: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def build_openapi() -> dict[str, Any]:
-    """The whole OpenAPI document (deterministic: same input, same bytes)."""
-    _, schemas = models_json_schema(
+def build_openapi(model: LoadedModel | None = None) -> dict[str, Any]:
+    """The whole OpenAPI document, generic or for `model` (deterministic: same input, same bytes)."""
+    _, generated = models_json_schema(
         [(m, "validation" if m is InferenceRequest else "serialization") for m in _MODELS],
         ref_template=_REF,
     )
+    schemas = generated.get("$defs", {})
+    name_param = _path_param("model_name", model.name if model else None)
+    version_param = _path_param("model_version", model.version if model else None)
+    if model is not None:
+        schemas["InferenceRequest"] = request_schema(model.contract, model.final_outputs)
     paths: dict[str, Any] = {
         "/v2": {
             "get": {
@@ -171,9 +181,9 @@ def build_openapi() -> dict[str, Any]:
                 },
             }
         },
-        **_model_paths("/v2/models/{model_name}", _MODEL_PARAMS),
+        **_model_paths("/v2/models/{model_name}", [name_param]),
         **_model_paths(
-            "/v2/models/{model_name}/versions/{model_version}", [*_MODEL_PARAMS, _VERSION_PARAM]
+            "/v2/models/{model_name}/versions/{model_version}", [name_param, version_param]
         ),
         "/metrics": {
             "get": {
@@ -196,11 +206,13 @@ def build_openapi() -> dict[str, Any]:
             "description": (
                 "Open Inference Protocol v2 (KServe v2 / Triton) HTTP API of one kubeaccel "
                 "shard, with the binary tensor data extension. Every error is "
-                '{"error": "..."}.'
+                '{"error": "..."}. A server with a loaded model serves this document at '
+                "/openapi.json specialized to that model: its name and version, and its "
+                "inputs' names, datatypes, shapes and value ranges in InferenceRequest."
             ),
         },
         "paths": paths,
-        "components": {"schemas": schemas.get("$defs", {})},
+        "components": {"schemas": schemas},
     }
 
 

@@ -202,7 +202,9 @@ def _from_binary(
     return arr.reshape(shape), offset + size
 
 
-def _from_json(item: RequestInput, rule: TensorRule, shape: tuple[int, ...]) -> Array:
+def _from_json(
+    item: RequestInput, rule: TensorRule, shape: tuple[int, ...], may_hold_bools: bool
+) -> Array:
     where = f"input {rule.name!r}"
     if item.data is None:
         raise InvalidRequest(
@@ -214,8 +216,13 @@ def _from_json(item: RequestInput, rule: TensorRule, shape: tuple[int, ...]) -> 
         raise InvalidRequest(
             f"{where}: data is not a rectangular array of numbers", reason="data"
         ) from None
+    if is_int(rule.dtype) and raw.dtype.kind == "f":
+        raw = _whole_numbers(raw, rule)
     kind = raw.dtype.kind
     ok_kinds = _FLOAT_KINDS if is_float(rule.dtype) else _INT_KINDS if is_int(rule.dtype) else {"b"}
+    # numpy turns [true, 2] into [1, 2]: a JSON true/false among numbers is not a number.
+    if kind in _FLOAT_KINDS and may_hold_bools and _holds_bool(item.data):
+        kind = "b"
     if kind not in ok_kinds:
         wanted = (
             "true/false values"
@@ -241,6 +248,26 @@ def _from_json(item: RequestInput, rule: TensorRule, shape: tuple[int, ...]) -> 
             )
     with np.errstate(over="ignore"):  # overflow to Inf is reported by the NaN/Inf check
         return raw.astype(target, copy=False).reshape(shape)
+
+
+def _holds_bool(data: Any) -> bool:
+    """Whether nested lists `data` hold a bool (a C-level scan of the elements' types)."""
+    return bool in set(map(type, np.asarray(data, dtype=object).ravel()))
+
+
+def _whole_numbers(raw: Array, rule: TensorRule) -> Array:
+    """Numbers written with a fraction or exponent (2.0, 1e3) for an integer input, as int64.
+
+    JSON Schema counts 2.0 as an integer, so schema-driven clients may send it. Values that
+    are not whole, or outside int64, stay floats and are refused as not integers below.
+    """
+    # 2**63 is exact as a double; int64 holds [-2**63, 2**63).
+    limit = float(2**63)
+    if not (np.isfinite(raw).all() and (raw == np.trunc(raw)).all()):
+        return raw
+    if raw.size and (raw.min() < -limit or raw.max() >= limit):
+        return raw
+    return raw.astype(np.int64)
 
 
 def check_values(name: str, arr: Array, rule: TensorRule) -> None:
@@ -308,6 +335,8 @@ def decode_request(
     _bound_values(header, contract.max_input_values)
     req = _envelope(header)
     binary = memoryview(body)[len(header) :]
+    # Searching the bytes is cheap; only bodies with a true/false anywhere get the type scan.
+    may_hold_bools = b"true" in header or b"false" in header
 
     by_name: dict[str, RequestInput] = {}
     for item in req.inputs:
@@ -350,7 +379,7 @@ def decode_request(
         if size is not None:
             arr, offset = _from_binary(item, rule, shape, size, binary, offset)
         else:
-            arr = _from_json(item, rule, shape)
+            arr = _from_json(item, rule, shape, may_hold_bools)
         check_values(rule.name, arr, rule)
         arrays[rule.name] = arr
     if offset != len(binary):

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from kubeaccel_runtime.client import InferenceClient, decode_response, encode_request
 from kubeaccel_runtime.serve.app import ModelSlot, ServeApp, ServeSettings
-from kubeaccel_runtime.serve.openapi import render
+from kubeaccel_runtime.serve.openapi import build_openapi, render
 from kubeaccel_runtime.serve.session import LoadedModel
 from serve_fixtures import ServerThread
 
@@ -150,18 +150,19 @@ async def test_metrics_count_requests_validation_failures_and_provider(
     assert "kubeaccel_ready 1.0" in text
 
 
-async def test_openapi_document_is_served_and_matches_the_committed_copy(
-    client: httpx.AsyncClient,
+async def test_openapi_document_is_served_for_the_model_and_the_generic_one_is_committed(
+    client: httpx.AsyncClient, mlp_model: LoadedModel
 ) -> None:
     served = (await client.get("/openapi.json")).json()
     assert served["openapi"].startswith("3.")
     assert "/v2/models/{model_name}/infer" in served["paths"]
+    assert served == build_openapi(mlp_model)
     committed = REPO / "docs" / "openapi-runtime.json"
     assert committed.read_text() == render(), (
         "docs/openapi-runtime.json is stale: run "
         "`python -m kubeaccel_runtime.serve.openapi --write docs/openapi-runtime.json`"
     )
-    assert json.loads(committed.read_text()) == served
+    assert json.loads(committed.read_text()) == build_openapi()
 
 
 @pytest.mark.parametrize(

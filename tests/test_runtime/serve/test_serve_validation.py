@@ -76,6 +76,21 @@ async def test_the_valid_request_passes(client: httpx.AsyncClient) -> None:
     assert outputs["flag"]["data"] == [True] * 8
 
 
+async def test_whole_numbers_written_as_floats_are_integers(client: httpx.AsyncClient) -> None:
+    # JSON Schema counts 2.0 as an integer; schema-driven clients send it that way.
+    r = await client.post(URL, json=edit("inputs.1.data", [2.0, 3e0]))
+    assert r.status_code == 200, r.text
+    outputs = {o["name"]: o for o in r.json()["outputs"]}
+    assert outputs["y"]["data"] == [2, 4, 6, 8, 15, 18, 21, 24]
+
+
+async def test_a_string_id_spelling_true_does_not_make_numbers_booleans(
+    client: httpx.AsyncClient,
+) -> None:
+    r = await client.post(URL, json=edit("id", "true false"))
+    assert r.status_code == 200, r.text
+
+
 JSON_CASES: list[tuple[str, dict[str, Any] | list[Any], int, list[str]]] = [
     ("the body is a list", [1, 2], 400, ["JSON object"]),
     ("inputs is missing", edit("inputs", DELETE), 400, ["inputs", "required"]),
@@ -130,6 +145,20 @@ JSON_CASES: list[tuple[str, dict[str, Any] | list[Any], int, list[str]]] = [
     ("data holds strings", edit("inputs.0.data", ["a"] * 8), 400, ["'x'", "numbers", "FP32"]),
     ("data holds booleans for FP32", edit("inputs.0.data", [True] * 8), 400, ["'x'", "numbers"]),
     ("data holds floats for INT64", edit("inputs.1.data", [1.5, 2]), 400, ["'k'", "integers"]),
+    ("a boolean among INT64 values", edit("inputs.1.data", [True, 2]), 400, ["'k'", "integers"]),
+    (
+        "a boolean among FP32 values",
+        edit("inputs.0.data", [False, *range(7)]),
+        400,
+        ["'x'", "numbers", "FP32"],
+    ),
+    (
+        "a whole float beyond INT64",
+        edit("inputs.1.data", [9.3e18, 1]),
+        400,
+        ["'k'", "integers"],
+    ),
+    ("a whole float above the range", edit("inputs.1.data", [11.0, 1]), 400, ["maximum 10"]),
     ("data holds numbers for BOOL", edit("inputs.2.data", [1] * 8), 400, ["'mask'", "true/false"]),
     ("data is absent", edit("inputs.0.data", DELETE), 400, ["'x'", "no data"]),
     ("data is an object", edit("inputs.0.data", {"a": 1}), 400, ["'x'"]),
