@@ -571,13 +571,29 @@ class PvcStorage(ApiModel):
 
 
 class S3Storage(ApiModel):
-    """An S3-compatible bucket that holds artifacts."""
+    """An S3-compatible bucket that holds artifacts.
+
+    The Job uploads each artifact to s3://<bucket>/<prefix>/<model>/<artifact-id>/ and every
+    shard pod downloads it (checking each SHA-256) before serving.
+    """
 
     bucket: str = Field(min_length=3, max_length=63, description="Bucket name.")
     prefix: str = Field(default="kubeaccel", max_length=1024, description="Key prefix.")
-    endpoint: str | None = Field(default=None, max_length=2048, description="Custom endpoint URL.")
+    endpoint: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^/?#]+/?$",
+        description="Endpoint of an S3-compatible server, e.g. http://minio.storage:9000 "
+        "(absent: AWS S3).",
+    )
+    region: str | None = Field(
+        default=None, max_length=64, description="Region (absent: the server's default)."
+    )
     secret_name: str | None = Field(
-        default=None, max_length=253, description="Secret with AWS_ACCESS_KEY_ID/SECRET_ACCESS_KEY."
+        default=None,
+        max_length=253,
+        description="Secret with the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+        "(and optionally AWS_SESSION_TOKEN); absent: anonymous requests.",
     )
 
 

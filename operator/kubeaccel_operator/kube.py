@@ -41,6 +41,7 @@ from kubeaccel_operator.manifests.common import (
     MANAGED_BY,
     Component,
     Manifest,
+    existing_claim,
     job_name,
     namespace_of,
     parse_quantity,
@@ -412,7 +413,7 @@ class KubeClient:
             pods = self.list_objects("Pod", ns, f"{JOB_NAME_LABEL}={job}")
             messages[job] = last_termination_message(pods, OPTIMIZER_CONTAINER)
         claim_present: bool | None = None
-        claim = res.spec.storage.pvc.claim_name
+        claim = existing_claim(res)
         if claim is not None and pending and observed_job is None:
             claim_present = self.get("PersistentVolumeClaim", ns, claim) is not None
         providers: dict[str, tuple[str, ...]] = {}

@@ -32,7 +32,6 @@ from kubeaccel_api.v1alpha1 import (
     OptimizationStatus,
     Phase,
     ShardStatus,
-    StorageType,
 )
 from pydantic import ValidationError
 
@@ -42,6 +41,7 @@ from kubeaccel_operator.manifests.common import (
     Component,
     Manifest,
     endpoint_url,
+    existing_claim,
     job_name,
     shard_name,
 )
@@ -249,7 +249,7 @@ def optimization_outcome(
     ):
         summary = OptimizationStatus(artifact_id=artifact)
         return Outcome(JobState.SUCCEEDED, "Optimized", _success_message(summary), summary)
-    claim = res.spec.storage.pvc.claim_name
+    claim = existing_claim(res)
     if claim is not None and observed.claim_present is False:
         return Outcome(
             JobState.WAITING,
@@ -316,13 +316,8 @@ def needs_job_message(res: AcceleratedModel, artifact: str) -> bool:
 
 
 def check_supported(res: AcceleratedModel) -> None:
-    """Reject what the API allows but this operator cannot do yet, and a written contract
-    that does not fit the model the current artifact was built from."""
-    if res.spec.storage.type is StorageType.S3:
-        raise InvalidSpec(
-            ["spec.storage.type: s3 is not supported by the operator yet; use pvc"],
-            reason="UnsupportedStorage",
-        )
+    """Reject a written contract that does not fit the model the current artifact was built
+    from (every storage type the API allows is supported)."""
     check_written_contract(res)
 
 

@@ -146,7 +146,8 @@ def read_manifest(artifact_dir: Path) -> Manifest:
         raise ArtifactInvalid(f"{path}: invalid manifest at {where}: {first['msg']}") from None
 
 
-def _check_structure(manifest: Manifest, where: Path) -> None:
+def check_structure(manifest: Manifest, where: Path | str) -> None:
+    """File names, shard numbering and shard wiring of a manifest (no file is read)."""
     for name in manifest.files:
         if not _safe_name(name) or name == MANIFEST_FILE:
             raise ArtifactInvalid(f"{where}: manifest lists an illegal file name {name!r}")
@@ -185,7 +186,7 @@ def _check_structure(manifest: Manifest, where: Path) -> None:
             )
 
 
-def _listed_files(manifest: Manifest) -> list[tuple[str, str]]:
+def listed_files(manifest: Manifest) -> list[tuple[str, str]]:
     """(path relative to the artifact, sha256) of every file the manifest vouches for."""
     out = sorted(manifest.files.items())
     cache = manifest.engine_cache
@@ -208,8 +209,8 @@ def verify_artifact(artifact_dir: Path) -> Manifest:
         raise ArtifactInvalid(
             f"{artifact_dir}: directory name differs from artifactId {manifest.artifact_id}"
         )
-    _check_structure(manifest, artifact_dir)
-    for name, expected in _listed_files(manifest):
+    check_structure(manifest, artifact_dir)
+    for name, expected in listed_files(manifest):
         path = artifact_dir / name
         if not path.is_file():
             raise ArtifactInvalid(f"{artifact_dir}: {name} is listed but missing")

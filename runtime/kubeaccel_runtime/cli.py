@@ -100,5 +100,27 @@ def validate(files: tuple[Path, ...]) -> None:
     sys.exit(1 if failed else 0)
 
 
+@main.command("fetch-artifact")
+@click.argument("source", metavar="S3_URI")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+def fetch_artifact(source: str, dest: Path) -> None:
+    """Download the artifact at S3_URI into DEST and check every SHA-256 of its manifest.
+
+    DEST appears only once every file verified (an existing DEST that verifies is kept).
+    The AWS_* environment variables say where the server is and who is asking.
+    """
+    from kubeaccel_runtime import objectstore, terminal
+    from kubeaccel_runtime.artifact_manifest import ArtifactInvalid
+
+    err = terminal.console(stderr=True)
+    try:
+        client = objectstore.connect(objectstore.S3Settings.from_env())
+        manifest = objectstore.download_artifact(client, objectstore.S3Uri.parse(source), dest)
+    except (objectstore.ObjectStoreError, ArtifactInvalid, ValueError, OSError) as exc:
+        terminal.say(err, terminal.ERROR, f": {exc}")
+        sys.exit(1)
+    terminal.say(err, terminal.OK, f" {source} -> {dest}: {len(manifest.files)} files verified")
+
+
 if __name__ == "__main__":
     main()

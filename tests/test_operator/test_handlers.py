@@ -129,13 +129,14 @@ def test_an_invalid_spec_fails_permanently_with_the_field_path_in_status(
     assert [(e[1], e[2]) for e in events] == [("Warning", "InvalidSpec")]
 
 
-def test_unsupported_storage_fails_permanently(fake: FakeCluster, events: list[Any]) -> None:
+def test_s3_storage_is_reconciled_like_a_claim(fake: FakeCluster, events: list[Any]) -> None:
     patch = kopf.Patch()
-    with pytest.raises(kopf.PermanentError):
-        handlers._handle(
-            kopf.Body(body({"storage": {"type": "s3", "s3": {"bucket": "models"}}})), patch, LOG
-        )
-    assert patch["status"]["conditions"][0]["reason"] == "UnsupportedStorage"
+    handlers._handle(
+        kopf.Body(body({"storage": {"type": "s3", "s3": {"bucket": "models"}}})), patch, LOG
+    )
+    kinds = [obj["kind"] for obj in fake.applied[-1].objects]
+    assert "Job" in kinds and "PersistentVolumeClaim" not in kinds
+    assert patch["status"]["phase"] == "Optimizing"
 
 
 @pytest.mark.parametrize("status", [0, 409, 429, 500, 503])

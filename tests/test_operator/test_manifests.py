@@ -417,6 +417,103 @@ def test_an_existing_claim_is_mounted_by_the_job_and_the_shards(cfg: Settings) -
     }
 
 
+S3 = {
+    "storage": {
+        "type": "s3",
+        "s3": {
+            "bucket": "models",
+            "prefix": "/team/kubeaccel/",
+            "endpoint": "http://minio.storage:9000/",
+            "region": "eu-west-1",
+            "secretName": "s3-creds",
+        },
+    }
+}
+S3_ENV = [
+    {"name": "AWS_ENDPOINT_URL", "value": "http://minio.storage:9000"},
+    {"name": "AWS_REGION", "value": "eu-west-1"},
+    *(
+        {
+            "name": key,
+            "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": key, "optional": optional}},
+        }
+        for key, optional in (
+            ("AWS_ACCESS_KEY_ID", False),
+            ("AWS_SECRET_ACCESS_KEY", False),
+            ("AWS_SESSION_TOKEN", True),
+        )
+    ),
+]
+
+
+def test_s3_storage_has_no_claim_and_the_job_publishes_to_the_bucket(cfg: Settings) -> None:
+    res, artifact = model(S3), aid(S3)
+    assert build_artifacts_pvc(res) is None
+    pod = build_job(res, artifact, cfg)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"] == [
+        *("optimize", "--spec", "/etc/kubeaccel/model.yaml", "--out", f"/artifacts/{NAME}"),
+        *("--publish", f"s3://models/team/kubeaccel/{NAME}"),
+    ]
+    assert container["env"][3:] == S3_ENV
+    assert pod["volumes"][0] == {"name": "artifacts", "emptyDir": {}}
+    assert container["volumeMounts"][0] == {"name": "artifacts", "mountPath": "/artifacts"}
+
+
+def test_s3_shards_fetch_and_verify_the_artifact_before_serving_it(cfg: Settings) -> None:
+    res, artifact = model(S3), aid(S3)
+    pod = build_deployment(res, 0, artifact, cfg)["spec"]["template"]["spec"]
+    runtime = pod["containers"][0]
+    assert pod["initContainers"] == [
+        {
+            "name": "fetch-artifact",
+            "image": runtime["image"],
+            "imagePullPolicy": cfg.image_pull_policy,
+            "command": ["kubeaccel"],
+            "args": [
+                "fetch-artifact",
+                f"s3://models/team/kubeaccel/{NAME}/{artifact}",
+                f"/artifacts/{NAME}/{artifact}",
+            ],
+            "env": [
+                {"name": "HOME", "value": "/tmp"},
+                {"name": "TMPDIR", "value": "/tmp"},
+                *S3_ENV,
+            ],
+            "resources": {
+                "requests": {"cpu": "100m", "memory": "128Mi"},
+                "limits": {"memory": "512Mi"},
+            },
+            "securityContext": runtime["securityContext"],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": [
+                {"name": "artifacts", "mountPath": "/artifacts"},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        }
+    ]
+    assert pod["volumes"][0] == {"name": "artifacts", "emptyDir": {}}
+    # The server reads the fetched copy exactly where it would read the claim's.
+    assert runtime["volumeMounts"][0] == {
+        "name": "artifacts",
+        "mountPath": f"/artifacts/{NAME}/{artifact}",
+        "subPath": f"{NAME}/{artifact}",
+        "readOnly": True,
+    }
+    assert "podAntiAffinity" in pod["affinity"]  # every pod has its own copy: spread them
+    assert (
+        "initContainers" not in build_deployment(model(), 0, aid(), cfg)["spec"]["template"]["spec"]
+    )
+
+
+def test_s3_without_endpoint_region_or_secret_sets_no_variable(cfg: Settings) -> None:
+    spec = {"storage": {"type": "s3", "s3": {"bucket": "models", "prefix": ""}}}
+    pod = build_deployment(model(spec), 0, aid(spec), cfg)["spec"]["template"]["spec"]
+    fetch = pod["initContainers"][0]
+    assert fetch["env"] == [{"name": "HOME", "value": "/tmp"}, {"name": "TMPDIR", "value": "/tmp"}]
+    assert fetch["args"][1] == f"s3://models/{NAME}/{aid(spec)}"
+
+
 # --------------------------------------------------------------------------- GPUs
 
 

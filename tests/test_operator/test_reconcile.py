@@ -594,14 +594,14 @@ def test_objects_are_ordered_dependencies_first() -> None:
     )
 
 
-def test_s3_storage_is_rejected_as_unsupported() -> None:
+def test_s3_storage_optimizes_without_a_claim_and_serves_from_the_bucket() -> None:
     spec = {"storage": {"type": "s3", "s3": {"bucket": "models"}}}
-    with pytest.raises(InvalidSpec) as err:
-        reconcile(model(spec), observed(), CFG, NOW)
-    assert err.value.reason == "UnsupportedStorage"
-    assert err.value.problems == [
-        "spec.storage.type: s3 is not supported by the operator yet; use pvc"
-    ]
+    plan = reconcile(model(spec), observed(), CFG, NOW)
+    kinds = [obj["kind"] for obj in plan.objects]
+    assert "PersistentVolumeClaim" not in kinds and "Job" in kinds
+    job = next(obj for obj in plan.objects if obj["kind"] == "Job")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-2:] == ["--publish", f"s3://models/kubeaccel/{model(spec).metadata.name}"]
 
 
 def test_invalid_status_names_the_field_and_warns_once() -> None:

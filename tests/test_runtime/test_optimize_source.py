@@ -122,8 +122,8 @@ def test_http_errors_are_source_errors(tmp_path, opt_http):
         _fetch(f"{opt_http}/missing.onnx", tmp_path)
 
 
-def test_s3_without_boto3_names_the_extra_to_install(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 -> ImportError
+def test_s3_without_the_client_names_the_extra_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "minio", None)  # import minio -> ImportError
     with pytest.raises(SourceError, match=r"install the s3 extra: pip install 'kubeaccel\[s3\]'"):
         _fetch("s3://bucket/models/m.onnx", tmp_path)
 

@@ -25,7 +25,7 @@ from kubeaccel_api.constants import (
     LABEL_SHARD,
     RUNTIME_PORT,
 )
-from kubeaccel_api.v1alpha1 import AcceleratedModel, AccessMode
+from kubeaccel_api.v1alpha1 import AcceleratedModel, AccessMode, StorageType
 
 Manifest = dict[str, Any]
 
@@ -218,8 +218,57 @@ def source_claims(res: AcceleratedModel) -> list[str]:
 
 
 def shared_across_nodes(res: AcceleratedModel) -> bool:
-    """Whether pods on several nodes can mount the artifacts volume at once."""
-    return res.spec.storage.pvc.access_mode is AccessMode.READ_WRITE_MANY
+    """Whether pods on several nodes can read the artifacts at once."""
+    return uses_s3(res) or res.spec.storage.pvc.access_mode is AccessMode.READ_WRITE_MANY
+
+
+def uses_s3(res: AcceleratedModel) -> bool:
+    """Whether artifacts live in an S3 bucket (else on the artifacts claim)."""
+    return res.spec.storage.type is StorageType.S3
+
+
+def existing_claim(res: AcceleratedModel) -> str | None:
+    """The claim spec.storage.pvc.claimName names, when artifacts live on a claim."""
+    return None if uses_s3(res) else res.spec.storage.pvc.claim_name
+
+
+def artifacts_uri(res: AcceleratedModel) -> str:
+    """s3://<bucket>/<prefix>/<model>: the Job publishes <artifact-id>/ below it."""
+    s3 = res.spec.storage.s3
+    assert s3 is not None  # the API requires s3 settings with type s3
+    key = "/".join(p for p in (s3.prefix.strip("/"), res.metadata.name) if p)
+    return f"s3://{s3.bucket}/{key}"
+
+
+def s3_env(res: AcceleratedModel) -> list[dict[str, Any]]:
+    """The AWS_* variables the runtime's S3 client reads (credentials from the Secret)."""
+    s3 = res.spec.storage.s3
+    if s3 is None:
+        return []
+    env: list[dict[str, Any]] = []
+    if s3.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint.rstrip("/")})
+    if s3.region:
+        env.append({"name": "AWS_REGION", "value": s3.region})
+    if s3.secret_name:
+        for key, optional in (
+            ("AWS_ACCESS_KEY_ID", False),
+            ("AWS_SECRET_ACCESS_KEY", False),
+            ("AWS_SESSION_TOKEN", True),
+        ):
+            ref = {"name": s3.secret_name, "key": key, "optional": optional}
+            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    return env
+
+
+def artifacts_volume(res: AcceleratedModel, *, read_only: bool) -> dict[str, Any]:
+    """The `artifacts` volume: the claim, or a pod-local emptyDir the artifact is copied into."""
+    if uses_s3(res):
+        return {"name": "artifacts", "emptyDir": {}}
+    claim: dict[str, Any] = {"claimName": artifacts_claim_name(res)}
+    if read_only:
+        claim["readOnly"] = True
+    return {"name": "artifacts", "persistentVolumeClaim": claim}
 
 
 def serving_spec(res: AcceleratedModel) -> dict[str, Any]:

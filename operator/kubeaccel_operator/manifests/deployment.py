@@ -1,4 +1,8 @@
-"""Shard Deployments: `kubeaccel serve` for one pipeline shard of one artifact."""
+"""Shard Deployments: `kubeaccel serve` for one pipeline shard of one artifact.
+
+The artifact is mounted read-only from the artifacts claim, or, with S3 storage, fetched
+by an init container into the pod's own emptyDir (every SHA-256 checked) before serving.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +19,22 @@ from kubeaccel_operator.manifests.common import (
     PORT_NAME,
     Component,
     Manifest,
-    artifacts_claim_name,
+    artifacts_uri,
+    artifacts_volume,
     container_port,
     container_security_context,
     labels,
     object_meta,
     parse_quantity,
     pod_security_context,
+    s3_env,
     selector_labels,
     serving_spec,
     shard_name,
     shard_url,
     stable_hash,
     tmp_volume,
+    uses_s3,
 )
 from kubeaccel_operator.manifests.images import serving_image
 from kubeaccel_operator.manifests.scheduling import default_affinity, placement, runtime_resources
@@ -36,6 +43,10 @@ if TYPE_CHECKING:
     from kubeaccel_operator.settings import Settings
 
 CONTAINER = "runtime"
+FETCH_CONTAINER = "fetch-artifact"
+# Copying files needs little; the pod's request stays the runtime container's (init
+# containers run first, so the larger of the two counts, not their sum).
+FETCH_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
 # `kubeaccel serve` drains for 5 s, then waits up to 30 s for in-flight requests.
 GRACE_SECONDS = 45
 
@@ -80,6 +91,30 @@ def serve_args(res: AcceleratedModel, index: int, artifact: str) -> list[str]:
     return args
 
 
+def fetch_container(res: AcceleratedModel, artifact: str, image: str, cfg: Settings) -> Manifest:
+    """Init container: `kubeaccel fetch-artifact` from the bucket into the artifacts emptyDir."""
+    return {
+        "name": FETCH_CONTAINER,
+        "image": image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["kubeaccel"],
+        "args": [
+            "fetch-artifact",
+            f"{artifacts_uri(res)}/{artifact}",
+            artifact_dir(res, artifact),
+        ],
+        "env": [
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "TMPDIR", "value": "/tmp"},
+            *s3_env(res),
+        ],
+        "resources": FETCH_RESOURCES,
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "artifacts", "mountPath": ARTIFACTS_ROOT}, tmp_volume()[1]],
+    }
+
+
 def build_deployment(res: AcceleratedModel, index: int, artifact: str, cfg: Settings) -> Manifest:
     """Deployment `<name>-shard-<i>` serving shard i of `artifact`."""
     runtime = res.spec.runtime
@@ -122,14 +157,10 @@ def build_deployment(res: AcceleratedModel, index: int, artifact: str, cfg: Sett
         "terminationGracePeriodSeconds": GRACE_SECONDS,
         "securityContext": pod_security_context(),
         "containers": [container],
-        "volumes": [
-            {
-                "name": "artifacts",
-                "persistentVolumeClaim": {"claimName": artifacts_claim_name(res), "readOnly": True},
-            },
-            tmp,
-        ],
+        "volumes": [artifacts_volume(res, read_only=True), tmp],
     }
+    if uses_s3(res):
+        pod_spec["initContainers"] = [fetch_container(res, artifact, container["image"], cfg)]
     pod_spec.update(placement(res, runtime.affinity or default_affinity(res, index)))
     if runtime.priority_class_name:
         pod_spec["priorityClassName"] = runtime.priority_class_name

@@ -1,4 +1,8 @@
-"""The optimization Job: `kubeaccel optimize` writes one artifact into the artifacts volume."""
+"""The optimization Job: `kubeaccel optimize` writes one artifact into the artifacts volume.
+
+With S3 storage the volume is the pod's own emptyDir and the Job publishes the artifact
+to the bucket once it is complete (manifest last).
+"""
 
 from __future__ import annotations
 
@@ -13,15 +17,18 @@ from kubeaccel_operator.manifests.common import (
     SPEC_FILE,
     Component,
     Manifest,
-    artifacts_claim_name,
+    artifacts_uri,
+    artifacts_volume,
     container_security_context,
     job_name,
     labels,
     object_meta,
     pod_security_context,
+    s3_env,
     source_claims,
     spec_configmap_name,
     tmp_volume,
+    uses_s3,
 )
 from kubeaccel_operator.manifests.images import optimizer_image
 from kubeaccel_operator.manifests.scheduling import (
@@ -53,7 +60,7 @@ def build_job(res: AcceleratedModel, artifact: str, cfg: Settings) -> Manifest:
     name = res.metadata.name
     tmp, tmp_mount = tmp_volume()
     volumes: list[dict[str, Any]] = [
-        {"name": "artifacts", "persistentVolumeClaim": {"claimName": artifacts_claim_name(res)}},
+        artifacts_volume(res, read_only=False),
         {"name": "spec", "configMap": {"name": spec_configmap_name(name)}},
         tmp,
     ]
@@ -69,22 +76,21 @@ def build_job(res: AcceleratedModel, artifact: str, cfg: Settings) -> Manifest:
         mounts.append(
             {"name": f"source-{i}", "mountPath": f"{SOURCES_ROOT}/{claim}", "readOnly": True}
         )
+    args = ["optimize", "--spec", f"{SPEC_DIR}/{SPEC_FILE}", "--out", f"{ARTIFACTS_ROOT}/{name}"]
+    if uses_s3(res):
+        args += ["--publish", artifacts_uri(res)]
     container = {
         "name": CONTAINER,
         "image": optimizer_image(res, cfg),
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["kubeaccel"],
-        "args": [
-            "optimize",
-            "--spec",
-            f"{SPEC_DIR}/{SPEC_FILE}",
-            "--out",
-            f"{ARTIFACTS_ROOT}/{name}",
-        ],
+        "args": args,
         "env": [
             {"name": "KUBEACCEL_PVC_ROOT", "value": SOURCES_ROOT},
             {"name": "HOME", "value": "/tmp"},
             {"name": "TMPDIR", "value": "/tmp"},
+            # The bucket's settings also serve s3:// model sources.
+            *s3_env(res),
         ],
         "resources": _resources(res, cfg),
         "securityContext": container_security_context(),

@@ -10,13 +10,14 @@ from kubeaccel_operator.manifests.common import (
     artifacts_claim_name,
     labels,
     object_meta,
+    uses_s3,
 )
 
 
 def build_artifacts_pvc(res: AcceleratedModel) -> Manifest | None:
-    """The artifacts claim from spec.storage.pvc, or None when the spec names an existing one."""
+    """The artifacts claim from spec.storage.pvc; None for an existing claim or S3 storage."""
     pvc = res.spec.storage.pvc
-    if pvc.claim_name is not None:
+    if uses_s3(res) or pvc.claim_name is not None:
         return None
     spec: dict[str, object] = {
         "accessModes": [pvc.access_mode.value],

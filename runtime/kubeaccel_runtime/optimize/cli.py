@@ -168,6 +168,16 @@ def _fail(err: Console, message: str, reason: str) -> NoReturn:
     sys.exit(1)
 
 
+def _store_for(err: Console, uri: str) -> tuple[Any, Any]:
+    """(client, destination) for --publish, or exit 1 with the reason."""
+    from kubeaccel_runtime import objectstore
+
+    try:
+        return objectstore.connect(objectstore.S3Settings.from_env()), objectstore.S3Uri.parse(uri)
+    except (objectstore.ObjectStoreError, ValueError) as exc:
+        _fail(err, f"--publish: {exc}", "InvalidArguments")
+
+
 def _default_threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -215,6 +225,12 @@ def _default_threads() -> int:
     help="Measure longer (100 iterations, 10 warm-up) for steadier figures.",
 )
 @click.option("--no-rss", is_flag=True, help="Skip the peak-RSS subprocess measurement.")
+@click.option(
+    "--publish",
+    default=None,
+    metavar="S3_URI",
+    help="Also upload the artifact to <S3_URI>/<artifact-id>/ (AWS_* variables configure it).",
+)
 def optimize(
     spec_path: Path,
     out_dir: Path,
@@ -224,6 +240,7 @@ def optimize(
     bench_iterations: int | None,
     thorough: bool,
     no_rss: bool,
+    publish: str | None,
 ) -> None:
     """Optimize the model a spec names, gate it on accuracy, and write the artifact."""
     from kubeaccel_runtime.optimize.bench import BenchSettings
@@ -238,6 +255,8 @@ def optimize(
     if bench_iterations is not None:
         bench = BenchSettings(iterations=bench_iterations, warmup=bench.warmup)
     options = RunOptions(threads=threads or _default_threads(), bench=bench, measure_rss=not no_rss)
+    # A wrong destination or a missing client fails now, not after minutes of optimizing.
+    store = _store_for(err, publish) if publish is not None else None
     try:
         resource = load_one(spec_path)
         result = run_optimization(
@@ -267,5 +286,14 @@ def optimize(
         from kubeaccel_runtime.optimize.chart import write_chart
 
         terminal.say(err, f"chart: {write_chart(result.report, report_png)}")
+    if store is not None:
+        from kubeaccel_runtime import objectstore
+
+        client, parent = store
+        try:
+            published = objectstore.upload_artifact(client, result.path, parent)
+        except (objectstore.ObjectStoreError, ArtifactInvalid) as exc:
+            _fail(err, str(exc), "PublishFailed")
+        terminal.say(err, terminal.OK, f" published {published}")
     write_termination_log(result.summary)
     click.echo(str(result.path))

@@ -7,7 +7,6 @@ is compared with the spec before the file is parsed, and a mismatching copy is d
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import urllib.error
 import urllib.request
@@ -133,27 +132,13 @@ def _http_chunks(uri: str, limits: FetchLimits) -> Iterator[bytes]:
 
 
 def _s3_chunks(uri: str, limits: FetchLimits) -> Iterator[bytes]:
-    try:
-        import boto3  # optional extra `s3`
-    except ImportError:
-        raise SourceError(
-            f"{uri}: s3:// sources need boto3; install the s3 extra: pip install 'kubeaccel[s3]'"
-        ) from None
-    # botocore comes with boto3; imported by name so type checking needs no stubs.
-    botocore_config = importlib.import_module("botocore.config")
-    botocore_errors = importlib.import_module("botocore.exceptions")
-    errors = (botocore_errors.BotoCoreError, botocore_errors.ClientError)
+    from kubeaccel_runtime import objectstore
 
-    parsed = urlparse(uri)
-    config = botocore_config.Config(connect_timeout=limits.timeout_s, read_timeout=limits.timeout_s)
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"), config=config)
     try:
-        obj = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
-        if int(obj.get("ContentLength", 0)) > limits.max_bytes:
-            raise SourceError(f"{uri}: larger than the {limits.max_bytes}-byte limit")
-        yield from obj["Body"].iter_chunks(CHUNK)
-    except errors as exc:
-        raise SourceError(f"{uri}: cannot download: {exc}") from None
+        client = objectstore.connect(objectstore.S3Settings.from_env(limits.timeout_s))
+        yield from objectstore.iter_object(client, objectstore.S3Uri.parse(uri), limits.max_bytes)
+    except (objectstore.ObjectStoreError, ValueError) as exc:
+        raise SourceError(str(exc)) from None
 
 
 def fetch(
