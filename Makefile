@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade "pip>=25.1"
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[operator,runtime,cpu,optimize]" --group dev
+	$(PIP) install -q -e ".[operator,runtime,cpu,optimize,s3]" --group dev
 	touch $@
 
 install: $(STAMP) ## create .venv with everything (CPU onnxruntime, torch 2.13.0 CPU)

@@ -101,6 +101,7 @@ def test_help_lists_every_command_without_importing_them() -> None:
     for name in (
         "bench",
         "crd",
+        "fetch-artifact",
         "infer",
         "init",
         "optimize",

@@ -203,6 +203,18 @@ def test_infer_shows_a_bracketed_file_name_verbatim(tricky_dir: Path) -> None:
     assert "error: pass exactly one of --random or --file" in result.stderr
 
 
+def test_fetch_artifact_shows_a_bracketed_source_and_destination_verbatim(
+    tricky_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    source = f"s3://bucket/{TRICKY}"
+    dest = tricky_dir / "artifact"
+    result = _invoke(main, ["fetch-artifact", source, str(dest)])
+    assert result.exit_code == 1
+    assert f"error: {source}/manifest.json: cannot download: " in result.stderr
+    assert not dest.exists()
+
+
 def test_the_example_builder_shows_folders_and_problems_verbatim(tricky_dir: Path) -> None:
     models = tricky_dir / "models"
     missing = _invoke(zoo_main, ["--out", str(models), "--model", "mlp", "--sync-only"])
