@@ -111,17 +111,23 @@ def s3_spec(
     return spec
 
 
+def _optimize_and_publish(spec: Path, out: Path, destination: str) -> Path:
+    """`kubeaccel optimize --publish` as the Job runs it; the local artifact directory."""
+    done = _invoke("optimize", "--spec", str(spec), "--out", str(out), *FAST,
+                   "--publish", destination)  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    local = Path(done.stdout.strip().splitlines()[-1])
+    assert f"✓ published {destination}/{local.name}" in done.stderr
+    return local
+
+
 @pytest.mark.slow
 def test_the_job_flow_publishes_and_a_shard_fetches_a_verified_artifact(
     tmp_path: Path, bucket: Any, s3_spec: Path
 ) -> None:
     destination = f"s3://{bucket.bucket}/kubeaccel/tiny"
-    done = _invoke("optimize", "--spec", str(s3_spec), "--out", str(tmp_path / "job"), *FAST,
-                   "--publish", destination)  # fmt: skip
-    assert done.exit_code == 0, done.stderr
-    local = Path(done.stdout.strip().splitlines()[-1])
+    local = _optimize_and_publish(s3_spec, tmp_path / "job", destination)
     aid = local.name
-    assert f"✓ published {destination}/{aid}" in done.stderr
 
     pod = tmp_path / "pod" / "tiny" / aid
     fetched = _invoke("fetch-artifact", f"{destination}/{aid}", str(pod))
@@ -142,10 +148,7 @@ def test_a_tampered_object_is_refused_and_leaves_no_artifact(
     tmp_path: Path, bucket: Any, s3_spec: Path
 ) -> None:
     destination = f"s3://{bucket.bucket}/arts"
-    done = _invoke("optimize", "--spec", str(s3_spec), "--out", str(tmp_path / "job"), *FAST,
-                   "--publish", destination)  # fmt: skip
-    assert done.exit_code == 0, done.stderr
-    aid = Path(done.stdout.strip().splitlines()[-1]).name
+    aid = _optimize_and_publish(s3_spec, tmp_path / "job", destination).name
     shard = bytearray(
         b"".join(
             objectstore.iter_object(bucket, S3Uri(bucket.bucket, f"arts/{aid}/shard-1.onnx"), 2**30)
