@@ -161,8 +161,14 @@ def exists(client: Minio, uri: S3Uri) -> bool:
     return True
 
 
-def upload_artifact(client: Minio, artifact_dir: Path, parent: S3Uri) -> S3Uri:
-    """Copy a verified artifact to `parent/<artifact-id>/`, manifest last; return where.
+def upload_artifact(client: Minio, artifact_dir: Path, parent: S3Uri) -> tuple[S3Uri, bool]:
+    """Copy a verified artifact to `parent/<artifact-id>/`, manifest last.
+
+    An artifact whose manifest is already there is complete (the manifest goes last) and is
+    left alone: shards may be fetching it, and its id is a hash of what produced it.
+
+    Returns:
+        Where it is, and whether this call uploaded it.
 
     Raises:
         ArtifactInvalid: the local artifact does not verify (nothing is uploaded).
@@ -170,12 +176,14 @@ def upload_artifact(client: Minio, artifact_dir: Path, parent: S3Uri) -> S3Uri:
     """
     manifest = verify_artifact(artifact_dir)
     dest = parent.child(manifest.artifact_id)
+    if exists(client, dest.child(MANIFEST_FILE)):
+        return dest, False
     try:
         for name in [*sorted(manifest.files), MANIFEST_FILE]:
             client.fput_object(dest.bucket, dest.child(name).key, str(artifact_dir / name))
     except _errors() as exc:
         raise ObjectStoreError(f"{dest}: cannot upload: {_describe(exc)}") from None
-    return dest
+    return dest, True
 
 
 def download_artifact(client: Minio, src: S3Uri, dest_dir: Path) -> Manifest:

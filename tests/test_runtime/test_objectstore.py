@@ -142,6 +142,14 @@ def test_the_job_flow_publishes_and_a_shard_fetches_a_verified_artifact(
     again = _invoke("fetch-artifact", f"{destination}/{aid}", str(pod))
     assert again.exit_code == 0, again.stderr
 
+    # A second Job for the same artifact leaves the published copy alone.
+    before = bucket.stat_object(bucket.bucket, f"kubeaccel/tiny/{aid}/manifest.json").etag
+    rerun = _invoke("optimize", "--spec", str(s3_spec), "--out", str(tmp_path / "job2"), *FAST,
+                    "--publish", destination)  # fmt: skip
+    assert rerun.exit_code == 0, rerun.stderr
+    assert f"✓ already published (kept as it is) {destination}/{aid}" in rerun.stderr
+    assert bucket.stat_object(bucket.bucket, f"kubeaccel/tiny/{aid}/manifest.json").etag == before
+
 
 @pytest.mark.slow
 def test_a_tampered_object_is_refused_and_leaves_no_artifact(

@@ -291,9 +291,10 @@ def optimize(
 
         client, parent = store
         try:
-            published = objectstore.upload_artifact(client, result.path, parent)
+            published, uploaded = objectstore.upload_artifact(client, result.path, parent)
         except (objectstore.ObjectStoreError, ArtifactInvalid) as exc:
             _fail(err, str(exc), "PublishFailed")
-        terminal.say(err, terminal.OK, f" published {published}")
+        done = "published" if uploaded else "already published (kept as it is)"
+        terminal.say(err, terminal.OK, f" {done} {published}")
     write_termination_log(result.summary)
     click.echo(str(result.path))
