@@ -210,6 +210,11 @@ def _from_json(
         raise InvalidRequest(
             f'{where}: no data (send "data" or parameters.binary_data_size)', reason="data"
         )
+    if not isinstance(item.data, list):  # OIP: an array, flat or nested; never a bare value
+        raise InvalidRequest(
+            f"{where}: data must be a JSON array (flat or nested), not a single value",
+            reason="data",
+        )
     try:
         raw = np.asarray(item.data)
     except (ValueError, TypeError, OverflowError, RecursionError):
@@ -220,9 +225,9 @@ def _from_json(
         raw = _whole_numbers(raw, rule)
     kind = raw.dtype.kind
     ok_kinds = _FLOAT_KINDS if is_float(rule.dtype) else _INT_KINDS if is_int(rule.dtype) else {"b"}
-    # numpy turns [true, 2] into [1, 2]: a JSON true/false among numbers is not a number.
+    # numpy turns [true, 2] into [1, 2]: numbers mixed with true/false fit no datatype.
     if kind in _FLOAT_KINDS and may_hold_bools and _holds_bool(item.data):
-        kind = "b"
+        kind = "O"
     if kind not in ok_kinds:
         wanted = (
             "true/false values"

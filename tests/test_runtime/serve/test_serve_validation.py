@@ -147,6 +147,12 @@ JSON_CASES: list[tuple[str, dict[str, Any] | list[Any], int, list[str]]] = [
     ("data holds floats for INT64", edit("inputs.1.data", [1.5, 2]), 400, ["'k'", "integers"]),
     ("a boolean among INT64 values", edit("inputs.1.data", [True, 2]), 400, ["'k'", "integers"]),
     (
+        "a number among BOOL values",
+        edit("inputs.2.data", [0, *[False] * 7]),
+        400,
+        ["'mask'", "true/false"],
+    ),
+    (
         "a boolean among FP32 values",
         edit("inputs.0.data", [False, *range(7)]),
         400,
@@ -161,7 +167,19 @@ JSON_CASES: list[tuple[str, dict[str, Any] | list[Any], int, list[str]]] = [
     ("a whole float above the range", edit("inputs.1.data", [11.0, 1]), 400, ["maximum 10"]),
     ("data holds numbers for BOOL", edit("inputs.2.data", [1] * 8), 400, ["'mask'", "true/false"]),
     ("data is absent", edit("inputs.0.data", DELETE), 400, ["'x'", "no data"]),
-    ("data is an object", edit("inputs.0.data", {"a": 1}), 400, ["'x'"]),
+    ("data is an object", edit("inputs.0.data", {"a": 1}), 400, ["'x'", "JSON array"]),
+    (
+        "data is a single number",
+        {
+            "inputs": [
+                *valid()["inputs"][:1],
+                {**valid()["inputs"][1], "shape": [2, 1], "data": 2},
+                valid()["inputs"][2],
+            ]
+        },
+        400,
+        ["'k'", "JSON array", "single value"],
+    ),
     (
         "an integer overflows INT64",
         edit("inputs.1.data", [2**70, 1]),
