@@ -14,6 +14,9 @@ checks. What must hold:
 Negative requests the server accepts are counted, not failed: the schema lists inputs and
 outputs in one order and enumerates batch sizes, so a reordered list violates the schema
 yet is a valid request. Bounded: at most 2 x examples requests per operation, loopback only.
+With --st-examples N the same server then faces schemathesis' own command line
+(`st run <url>/openapi.json --checks all`: its coverage, fuzzing and stateful phases, every
+check, rejected schema-violating requests included), which must report no issue.
 Prints a JSON summary; --write records it in docs/benchmarks.md.
 """
 
@@ -223,10 +226,31 @@ def _send_cases(
     send()
 
 
+def st_run(url: str, examples: int, seed: int) -> dict[str, Any]:
+    """schemathesis' CLI with every check against the server; its exit code and summary."""
+    cmd = [
+        str(Path(sys.executable).with_name("st")),
+        *("run", f"{url}/openapi.json", "--checks", "all", "--workers", "1"),
+        *("--max-examples", str(examples), "--seed", str(seed)),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    cases = next((line for line in lines if " generated, " in line), "no summary")
+    shown = ["st", *cmd[1:2], "<server>/openapi.json", *cmd[3:]]
+    return {"command": shlex.join(shown), "exit_code": done.returncode, "cases": cases}
+
+
 def markdown(result: dict[str, Any], command: str) -> str:
     """The docs/benchmarks.md section."""
     status = ", ".join(f"{k}: {v}" for k, v in result["status"].items())
     failures = result["check_failures"] or "none"
+    st = result.get("st_run")
+    cli = (
+        f"\nThen schemathesis' own command line against the same server, `{st['command']}`: "
+        f"{st['cases']} (exit code {st['exit_code']}).\n"
+        if st
+        else ""
+    )
     return f"""{SECTION}
 
 `{command}` ({result["machine"]}; {result["seconds"]:.0f} s).
@@ -247,7 +271,7 @@ ranged, BOOL [-1,4]; two outputs; maxBatch 8) and sent them over loopback: up to
 | schema-violating requests accepted | {result["negative_accepted"]} |
 | responses breaking the document (status, content type, schema) | {failures} |
 | status codes | {status} |
-
+{cli}
 Schema-violating requests that are accepted are valid requests outside what JSON Schema can
 say: the schema lists inputs and outputs in the model's order (the server takes any order)
 and enumerates batch sizes (the element count of `data` depends on the shape).
@@ -260,6 +284,9 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=1700, help="cases per operation and mode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    parser.add_argument(
+        "--st-examples", type=int, default=0, help="then run `st run --checks all` (0: skip)"
+    )
     parser.add_argument("--write", action="store_true", help="record in docs/benchmarks.md")
     args = parser.parse_args()
     started = time.monotonic()
@@ -272,6 +299,7 @@ def main() -> int:
         try:
             server.wait_ready()
             skipped = fuzz(server.url, args.examples, args.seed, tally)
+            cli = st_run(server.url, args.st_examples, args.seed) if args.st_examples else None
         finally:
             exit_code = server.stop()
         logged = server.logged_errors()
@@ -282,6 +310,7 @@ def main() -> int:
         "skipped": skipped,
         "logged_errors": logged[:20],
         "server_exit_code": exit_code,
+        "st_run": cli,
         "seconds": time.monotonic() - started,
         "schemathesis": schemathesis.SCHEMATHESIS_VERSION,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -299,6 +328,7 @@ def main() -> int:
         or result["check_failures"]
         or logged
         or exit_code != 0
+        or (cli is not None and cli["exit_code"] != 0)
     )
     return 1 if broken else 0
 
