@@ -226,14 +226,17 @@ def _send_cases(
     send()
 
 
-def st_run(url: str, examples: int, seed: int) -> dict[str, Any]:
-    """schemathesis' CLI with every check against the server; its exit code and summary."""
+def st_run(url: str, examples: int, seed: int, workdir: Path) -> dict[str, Any]:
+    """schemathesis' CLI with every check against the server; its exit code and summary.
+
+    It runs in `workdir`: the CLI keeps a .schemathesis/ cache in its working directory.
+    """
     cmd = [
         str(Path(sys.executable).with_name("st")),
         *("run", f"{url}/openapi.json", "--checks", "all", "--workers", "1"),
         *("--max-examples", str(examples), "--seed", str(seed)),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=workdir)
     lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
     cases = next((line for line in lines if " generated, " in line), "no summary")
     shown = ["st", *cmd[1:2], "<server>/openapi.json", *cmd[3:]]
@@ -299,7 +302,9 @@ def main() -> int:
         try:
             server.wait_ready()
             skipped = fuzz(server.url, args.examples, args.seed, tally)
-            cli = st_run(server.url, args.st_examples, args.seed) if args.st_examples else None
+            cli = (
+                st_run(server.url, args.st_examples, args.seed, root) if args.st_examples else None
+            )
         finally:
             exit_code = server.stop()
         logged = server.logged_errors()
