@@ -28,6 +28,7 @@ from kubeaccel_runtime.artifact_manifest import (
     ArtifactInvalid,
     Manifest,
     check_structure,
+    listed_files,
     read_manifest,
     verify_artifact,
 )
@@ -179,7 +180,7 @@ def upload_artifact(client: Minio, artifact_dir: Path, parent: S3Uri) -> tuple[S
     if exists(client, dest.child(MANIFEST_FILE)):
         return dest, False
     try:
-        for name in [*sorted(manifest.files), MANIFEST_FILE]:
+        for name in [*(name for name, _ in listed_files(manifest)), MANIFEST_FILE]:
             client.fput_object(dest.bucket, dest.child(name).key, str(artifact_dir / name))
     except _errors() as exc:
         raise ObjectStoreError(f"{dest}: cannot upload: {_describe(exc)}") from None
@@ -206,8 +207,8 @@ def download_artifact(client: Minio, src: S3Uri, dest_dir: Path) -> Manifest:
         staging.mkdir()
         _download(client, src.child(MANIFEST_FILE), staging / MANIFEST_FILE)
         listed = read_manifest(staging)
-        check_structure(listed, str(src))  # plain file names only, before any is written
-        for name in sorted(listed.files):
+        check_structure(listed, str(src))  # safe names only, before any file is written
+        for name, _ in listed_files(listed):
             _download(client, src.child(name), staging / name)
         manifest = verify_artifact(staging)
         staging.rename(dest_dir)
@@ -217,6 +218,7 @@ def download_artifact(client: Minio, src: S3Uri, dest_dir: Path) -> Manifest:
 
 
 def _download(client: Minio, uri: S3Uri, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # the engine cache has its own folder
     with path.open("wb") as out:
         for chunk in iter_object(client, uri, max_bytes=2**62):
             out.write(chunk)

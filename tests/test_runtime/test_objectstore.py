@@ -231,3 +231,36 @@ def test_a_model_source_in_s3_is_checked_against_its_sha256(
     done = _invoke("optimize", "--spec", str(s3_spec), "--out", str(tmp_path / "o"), *FAST)
     assert done.exit_code == 1
     assert "sha256" in done.stderr and "mismatch" in done.stderr.lower()
+
+
+@pytest.mark.slow
+def test_an_artifact_with_tensorrt_engines_round_trips_with_its_engine_folder(
+    tmp_path: Path, bucket: Any, opt_models: Any
+) -> None:
+    from kubeaccel_runtime.artifact_manifest import EngineCache
+    from kubeaccel_runtime.optimize.artifact import write_artifact
+    from kubeaccel_runtime.optimize.partition import partition
+    from kubeaccel_runtime.trt import ENGINE_CACHE_DIR, TENSORRT
+
+    aid, sha = "fedcba9876543210", "b" * 64
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / "TensorrtExecutionProvider_TRTKernel_graph_1_0_sm90.engine").write_bytes(b"e0" * 64)
+    cache = EngineCache(
+        provider=TENSORRT, dir=ENGINE_CACHE_DIR, gpu="NVIDIA H200", compute_capability="9.0",
+        shard_options=[{"trt_fp16_enable": "True"}] * 2, max_batch=64, files={},
+    )  # fmt: skip
+    local = write_artifact(
+        tmp_path / "out", artifact_id=aid, model_name="tiny", source_sha256=sha,
+        execution_provider=TENSORRT, shards=partition(opt_models.mlp(seed=1), 2, "memory"),
+        spec_wire={"source": {"uri": "file://m.onnx", "sha256": sha},
+                   "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 64]}]},
+        report={"summary": {"artifactId": aid}}, engines=(built, cache),
+    )  # fmt: skip
+    dest, uploaded = objectstore.upload_artifact(bucket, local, S3Uri(bucket.bucket, "trt"))
+    assert uploaded
+    pod = tmp_path / "pod" / aid
+    manifest = objectstore.download_artifact(bucket, dest, pod)
+    assert manifest.engine_cache is not None and manifest.engine_cache.files
+    engine = pod / ENGINE_CACHE_DIR / "TensorrtExecutionProvider_TRTKernel_graph_1_0_sm90.engine"
+    assert engine.read_bytes() == b"e0" * 64
