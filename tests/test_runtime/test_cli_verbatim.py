@@ -215,6 +215,14 @@ def test_fetch_artifact_shows_a_bracketed_source_and_destination_verbatim(
     assert not dest.exists()
 
 
+def test_init_shows_a_bracketed_model_path_verbatim(tricky_dir: Path) -> None:
+    model = tricky_dir / f"{FILE}.onnx"
+    model.write_bytes(b"not a model [red]x[/red]")
+    result = _invoke(main, ["init", str(model)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("✗ ") and str(model) in result.stderr
+
+
 def test_the_example_builder_shows_folders_and_problems_verbatim(tricky_dir: Path) -> None:
     models = tricky_dir / "models"
     missing = _invoke(zoo_main, ["--out", str(models), "--model", "mlp", "--sync-only"])

@@ -11,9 +11,8 @@ import click
 from kubeaccel_api import __version__
 from kubeaccel_api.v1alpha1 import SourceFormat
 from kubeaccel_api.validation import InvalidResource, parse_resource
-from rich.console import Console
-from rich.text import Text
 
+from kubeaccel_runtime import terminal
 from kubeaccel_runtime.init.draft import Choices, Draft, build_draft
 from kubeaccel_runtime.init.probe import (
     URI_SCHEMES,
@@ -100,7 +99,7 @@ def default_output(model: str, name: str) -> Path:
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True).print(Text.assemble(("✗ ", "red"), message), soft_wrap=True)
+    terminal.say(terminal.console(stderr=True), terminal.FAIL, f" {message}")
     sys.exit(1)
 
 
@@ -186,16 +185,11 @@ def init(
         return
     contract = result.facts.contract
     origin = "given with --input" if result.facts.declared_inputs else "read from the model"
-    out = Console()
-    out.print(
-        Text.assemble(
-            ("✓ ", "green"),
-            f"wrote {target}: {result.draft.name} ({result.facts.format.value}, "
-            f"{len(contract.inputs)} input(s) and {len(contract.outputs)} output(s) {origin})",
-        ),
-        soft_wrap=True,
+    out = terminal.console()
+    terminal.say(
+        out,
+        terminal.OK,
+        f" wrote {target}: {result.draft.name} ({result.facts.format.value}, "
+        f"{len(contract.inputs)} input(s) and {len(contract.outputs)} output(s) {origin})",
     )
-    out.print(
-        Text(f"  next: kubeaccel validate -f {target} && kubeaccel run -f {target}"),
-        soft_wrap=True,
-    )
+    terminal.say(out, f"  next: kubeaccel validate -f {target} && kubeaccel run -f {target}")
