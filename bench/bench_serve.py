@@ -719,14 +719,14 @@ NOTES = [
 ]
 
 
-def write_doc(section: str) -> None:
-    """Replace (or append) the '## Runtime server' section of docs/benchmarks.md."""
+def write_doc(section: str, heading: str = HEADING) -> None:
+    """Replace (or append) the `heading` section (default '## Runtime server') of the doc."""
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    start = text.find(HEADING)
+    start = text.find(heading)
     if start == -1:
         text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
     else:
-        nxt = text.find("\n## ", start + len(HEADING))
+        nxt = text.find("\n## ", start + len(heading))
         end = len(text) if nxt == -1 else nxt + 1
         text = text[:start] + section.rstrip() + "\n" + ("\n" + text[end:] if nxt != -1 else "")
     DOC.parent.mkdir(parents=True, exist_ok=True)

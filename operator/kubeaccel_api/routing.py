@@ -41,7 +41,7 @@ class Routing(ApiModel):
     chain: str = Field(default="a", max_length=8, description="Chain whose shard 0 applies it.")
     candidate_url: str | None = Field(
         default=None,
-        pattern=r"^https?://.+",
+        pattern=r"^http://.+",
         max_length=2048,
         description="Base URL of the candidate chain's shard 0.",
     )

@@ -107,6 +107,10 @@ class Env:
         assert obj is not None
         return dict(obj.get("status") or {})
 
+    def phase(self) -> str | None:
+        """status.rollout.phase (None before the operator wrote one)."""
+        return (self.status().get("rollout") or {}).get("phase")
+
     def condition(self, ctype: str) -> dict[str, Any]:
         return next((c for c in self.status().get("conditions", []) if c["type"] == ctype), {})
 
@@ -238,15 +242,15 @@ def test_shadow_rollouts_promote_an_agreeing_candidate_and_roll_back_a_perturbed
         env.api.patch("AcceleratedModel", NS, NAME, {"spec": SECOND})
         finish_job(env.api, NS, env.one_job(second), summary(second))
         wait_for(lambda: env.api.get("Deployment", NS, f"{NAME}-b-shard-0"), "the candidate chain")
-        assert env.status()["rollout"]["phase"] == "Starting"
+        wait_for(lambda: env.phase() == "Starting", "the rollout starting")
         candidate = env.serve(agreeing_art, "b", kubelet)
         kubelet.urls[service_url("b")] = candidate.url
         make_available(env.api, NS, f"{NAME}-b-shard-0")
-        wait_for(lambda: env.status()["rollout"]["phase"] == "Shadowing", "shadowing")
+        wait_for(lambda: env.phase() == "Shadowing", "shadowing")
 
         sent, versions = env.traffic_until(
             serving,
-            lambda: env.status()["rollout"]["phase"] != "Shadowing",
+            lambda: env.phase() != "Shadowing",
             "the verdict on the agreeing candidate",
         )
         rollout = env.status()["rollout"]
@@ -277,11 +281,11 @@ def test_shadow_rollouts_promote_an_agreeing_candidate_and_roll_back_a_perturbed
         perturbed = env.serve(perturbed_art, "a", kubelet)
         kubelet.urls[service_url("a")] = perturbed.url
         make_available(env.api, NS, f"{NAME}-shard-0")
-        wait_for(lambda: (env.status().get("rollout") or {}).get("phase") == "Shadowing", "2nd")
+        wait_for(lambda: env.phase() == "Shadowing", "2nd")
 
         sent, versions = env.traffic_until(
             candidate,
-            lambda: env.status()["rollout"]["phase"] != "Shadowing",
+            lambda: env.phase() != "Shadowing",
             "the verdict on the perturbed candidate",
         )
         rollout = env.status()["rollout"]
@@ -329,15 +333,20 @@ def test_an_operator_restart_mid_comparison_keeps_the_rollout_going(env: Env) ->
         candidate = env.serve(agreeing_art, "b", kubelet)
         kubelet.urls[service_url("b")] = candidate.url
         make_available(env.api, NS, f"{NAME}-b-shard-0")
-        wait_for(lambda: env.status()["rollout"]["phase"] == "Shadowing", "shadowing")
+        wait_for(lambda: env.phase() == "Shadowing", "shadowing")
         started = env.status()["rollout"]["analysisStartedAt"]
 
         assert env.operator.stop() in (0, -15)
         with InferenceClient(serving.url) as client:  # traffic while the operator is down
-            for _ in range(25):
+
+            def compared() -> bool:
                 client.infer("mlp", {"x": X})
+                report = serving.get("/v2/rollout")
+                return report is not None and report.json()["shadow"]["compared"] >= 25
+
+            wait_for(compared, "requests compared while the operator is down")
         env.operator.start()
-        wait_for(lambda: env.status()["rollout"]["phase"] == "Promoted", "promoted after restart")
+        wait_for(lambda: env.phase() == "Promoted", "promoted after restart")
         rollout = env.status()["rollout"]
         assert rollout["analysisStartedAt"] == started  # the same rollout, not a new one
         assert rollout["requestsCompared"] >= 20

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,21 +117,6 @@ class NextShard:
                 await asyncio.sleep(self.cfg.backoff_s * attempt)
                 continue
             return self._decode(response)
-
-    async def post_raw(self, body: bytes, headers: Mapping[str, str]) -> httpx.Response:
-        """POST an infer request exactly as a client sent it (once, no retry).
-
-        Raises:
-            DownstreamUnavailable: no answer (connection failure or timeout).
-        """
-        try:
-            return await self._http.post(
-                f"/v2/models/{self.model_name}/infer", content=body, headers=dict(headers)
-            )
-        except httpx.HTTPError as exc:
-            raise DownstreamUnavailable(
-                f"{self.cfg.next_url} gave no answer: {type(exc).__name__}", reason="unreachable"
-            ) from None
 
     def _decode(self, response: httpx.Response) -> dict[str, Array]:
         status = response.status_code

@@ -36,9 +36,10 @@ from kubeaccel_api.routing import (
 )
 from pydantic import ValidationError
 
+from kubeaccel_runtime.client import OipDecodeError, decode_response, encode_request
 from kubeaccel_runtime.divergence import OutputDivergence, is_class_scores, output_divergence, top1
-from kubeaccel_runtime.serve.chain import ChainConfig, NextShard
-from kubeaccel_runtime.serve.errors import ServeError
+from kubeaccel_runtime.rawhttp import ConnectionPool, raw_http_request
+from kubeaccel_runtime.serve.errors import DownstreamFailed, DownstreamUnavailable, ServeError
 
 log = logging.getLogger("kubeaccel.serve.routing")
 Array = np.ndarray[Any, Any]
@@ -153,6 +154,57 @@ class ShadowStats:
         )
 
 
+class Candidate:
+    """The candidate chain's shard 0, over pooled raw keep-alive connections.
+
+    Raw asyncio streams, not httpx: a mirrored request must cost the serving process as
+    little as possible (httpx spends 1.6-2 ms of CPU per request here, docs/benchmarks.md).
+    """
+
+    def __init__(self, url: str, model_name: str, timeout: float = CANDIDATE_TIMEOUT_S) -> None:
+        self.url = url
+        self.model_name = model_name
+        self._pool = ConnectionPool(url, timeout)
+
+    async def post(
+        self, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One infer request as given; (status, lower-case headers, body).
+
+        Raises:
+            DownstreamUnavailable: no answer (connection refused, reset, timeout).
+        """
+        _, _, request = raw_http_request(self.url, self.model_name, body, headers)
+        try:
+            return await self._pool.send(request)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise DownstreamUnavailable(
+                f"candidate {self.url} gave no answer: {type(exc).__name__}",
+                reason="unreachable",
+            ) from None
+
+    async def infer(
+        self, inputs: Mapping[str, Array], names: Sequence[str], request_id: str | None
+    ) -> dict[str, Array]:
+        """The candidate's outputs `names` for `inputs` (binary both ways)."""
+        body, headers = encode_request(
+            inputs, binary=True, outputs=list(names), binary_outputs=True, request_id=request_id
+        )
+        status, answer_headers, answer = await self.post(body, headers)
+        if status != 200:
+            raise DownstreamFailed(f"candidate answered HTTP {status}", reason="candidate")
+        try:
+            return decode_response(answer, answer_headers).outputs
+        except OipDecodeError as exc:
+            raise DownstreamFailed(
+                f"unreadable candidate answer: {exc}", reason="candidate"
+            ) from None
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._pool.aclose()
+
+
 @dataclass(frozen=True)
 class RoutingSource:
     """Where the routing comes from: a fixed one (flags), or a file the operator updates."""
@@ -194,8 +246,8 @@ class Router:
         self.serving = ChainStats()
         self.candidate = ChainStats()
         self._sampler = Sampler()
-        self._client: NextShard | None = None
-        self._stale: list[NextShard] = []
+        self._client: Candidate | None = None
+        self._stale: list[Candidate] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._checked = 0.0
         self._file_key: tuple[int, int, int] | None = None
@@ -246,12 +298,7 @@ class Router:
                 self._stale.append(self._client)
             self._client = None
             if routing.candidate_url is not None:
-                cfg = ChainConfig(
-                    next_url=routing.candidate_url,
-                    request_timeout_s=CANDIDATE_TIMEOUT_S,
-                    retries=0,
-                )
-                self._client = NextShard(cfg, self.model_name)
+                self._client = Candidate(routing.candidate_url, self.model_name)
         self._sampler = Sampler(routing.percent if routing.chain == self.source.chain else 0.0)
         self.routing = routing
         if routing != old:
@@ -283,19 +330,19 @@ class Router:
             if k.decode("latin-1") in FORWARDED
         }
         try:
-            response = await client.post_raw(body, sent)
+            status, answer_headers, answer = await client.post(body, sent)
         except ServeError as exc:
             self.candidate.record(False, time.perf_counter() - started)
             log.warning("canary request failed: %s", exc.message)
             return None
-        ok = response.status_code == 200
+        ok = status == 200
         self.candidate.record(ok, time.perf_counter() - started)
         if not ok:
-            log.warning("canary request answered HTTP %d", response.status_code)
+            log.warning("canary request answered HTTP %d", status)
             return None
-        out = {k: v for k in FORWARDED if (v := response.headers.get(k)) is not None}
+        out = {k: v for k in FORWARDED if (v := answer_headers.get(k)) is not None}
         out.setdefault("content-type", "application/json")
-        return response.content, out
+        return answer, out
 
     def record_serving(self, ok: bool, started: float) -> None:
         """Count a request the serving chain answered (ok: not a server error)."""
@@ -331,7 +378,7 @@ class Router:
 
     async def _mirror(
         self,
-        client: NextShard,
+        client: Candidate,
         stats: ShadowStats,
         inputs: dict[str, Array],
         names: list[str],
