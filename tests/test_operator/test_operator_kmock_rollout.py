@@ -350,3 +350,57 @@ def test_an_operator_restart_mid_comparison_keeps_the_rollout_going(env: Env) ->
         rollout = env.status()["rollout"]
         assert rollout["analysisStartedAt"] == started  # the same rollout, not a new one
         assert rollout["requestsCompared"] >= 20
+
+
+def test_a_canary_answers_part_of_the_traffic_and_is_promoted(env: Env) -> None:
+    root = env.tmp / "artifacts"
+    serving_art, candidate_art = _artifact(root, 0, 0), _artifact(root, 0, 1)
+    canary_spec = deep_merge(
+        SPEC,
+        {
+            "rollout": {
+                "strategy": "canary",
+                "shadow": None,
+                "budget": None,
+                "canary": {
+                    "steps": [50],
+                    "stepIntervalSeconds": 5,
+                    "minRequests": 10,
+                    "maxLatencyRatio": 100,
+                    "latencyToleranceMs": 1000,
+                },
+            }
+        },
+    )
+    second = deep_merge(canary_spec, {"optimization": {"quantization": {"mode": "dynamic-int8"}}})
+    env.operator.start()
+    env.api.create(
+        {
+            "apiVersion": "kubeaccel.io/v1alpha1",
+            "kind": "AcceleratedModel",
+            "metadata": {"name": NAME, "namespace": NS},
+            "spec": canary_spec,
+        }
+    )
+    finish_job(env.api, NS, env.one_job(aid_of(canary_spec)), summary(aid_of(canary_spec)))
+    wait_for(lambda: env.api.get("Deployment", NS, f"{NAME}-shard-0"), "chain a")
+    make_available(env.api, NS, f"{NAME}-shard-0")
+    with Kubelet(env.api, env.tmp) as kubelet:
+        serving = env.serve(serving_art, "a", kubelet)
+        env.pod("a", serving)
+        env.api.patch("AcceleratedModel", NS, NAME, {"spec": second})
+        finish_job(env.api, NS, env.one_job(aid_of(second)), summary(aid_of(second)))
+        wait_for(lambda: env.api.get("Deployment", NS, f"{NAME}-b-shard-0"), "the candidate")
+        candidate = env.serve(candidate_art, "b", kubelet)
+        kubelet.urls[service_url("b")] = candidate.url
+        make_available(env.api, NS, f"{NAME}-b-shard-0")
+        wait_for(lambda: env.phase() == "Canary", "the canary")
+        sent, versions = env.traffic_until(
+            serving, lambda: env.phase() != "Canary", "the canary's verdict"
+        )
+        rollout = env.status()["rollout"]
+        assert rollout["phase"] == "Promoted" and rollout["verdict"] == "CanaryPassed", rollout
+        assert rollout["candidateRequests"] >= 10 and rollout["candidateErrors"] == 0
+        # Clients got answers from both chains during the canary, and no error.
+        assert versions == {serving_art.name, candidate_art.name}
+        assert sent >= rollout["candidateRequests"] + rollout["servingRequests"]
