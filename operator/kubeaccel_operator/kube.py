@@ -45,6 +45,7 @@ from kubeaccel_operator.manifests.common import (
     MANAGED_BY,
     Chain,
     Manifest,
+    chain_of_component,
     job_name,
     namespace_of,
     parse_quantity,

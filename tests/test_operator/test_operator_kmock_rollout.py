@@ -97,7 +97,11 @@ class Env:
         config = tmp / "kubeconfig"
         config.write_text(emu.kubeconfig())
         self.operator = OperatorProcess(
-            str(config), str(tmp / "operator.log"), namespaces=NS, rollout_poll_seconds="0.3"
+            str(config),
+            str(tmp / "operator.log"),
+            namespaces=NS,
+            rollout_poll_seconds="0.3",
+            pod_probes="on",  # pods are local processes here
         )
         self.tmp = tmp
         self.procs: list[Proc] = []

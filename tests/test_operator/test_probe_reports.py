@@ -1,4 +1,4 @@
-"""dataplane.py: which pods are asked for their rollout counters, and what a bad answer gives."""
+"""probe.py, rollout counters: which pods are asked, and what a bad answer gives."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from kubeaccel_api.routing import RoutingReport, ShadowCounters
-from kubeaccel_operator.dataplane import pod_url, read_report, read_reports
+from kubeaccel_operator.probe import pod_url, read_report, rollout_reports
 
 
 def pod(ip: str | None = "10.0.0.7", ready: bool = True, port: int | None = 8080) -> dict[str, Any]:
@@ -73,4 +73,4 @@ def test_a_report_is_read_and_a_broken_one_is_skipped(server: dict[str, bytes]) 
 
 
 def test_unreachable_pods_give_no_report() -> None:
-    assert read_reports([pod(ip="127.0.0.1", port=1)]) == ()
+    assert rollout_reports([pod(ip="127.0.0.1", port=1)], read_report) == ()
