@@ -417,3 +417,20 @@ def test_an_autoscaled_shard_starts_at_min_replicas_with_an_hpa_and_no_keda(clus
     assert hpas == {f"{NAME}-shard-0"}
     plan, seen = _plan(res, client)
     assert not client.apply(res, plan, seen).changed
+
+
+@pytest.mark.parametrize(
+    ("labels", "shard"),
+    [
+        ({"app.kubernetes.io/component": "runtime", "kubeaccel.io/shard": "1"}, f"{NAME}-shard-1"),
+        (
+            {"app.kubernetes.io/component": "runtime-b", "kubeaccel.io/shard": "0"},
+            f"{NAME}-b-shard-0",
+        ),
+        ({"app.kubernetes.io/component": "optimizer"}, None),
+    ],
+)
+def test_a_pod_maps_to_the_shard_of_its_own_chain(
+    labels: dict[str, str], shard: str | None
+) -> None:
+    assert kube._shard_of(NAME, {"metadata": {"labels": labels}}) == shard
