@@ -141,7 +141,8 @@ def _add_chain(a: ChainCounters, b: ChainCounters) -> ChainCounters:
     )
 
 
-def _add_output(a: OutputCounters, b: OutputCounters) -> OutputCounters:
+def add_output(a: OutputCounters, b: OutputCounters) -> OutputCounters:
+    """Two comparisons of one output as one: largest of the largest, sums added."""
     return OutputCounters(
         max_abs_diff=max(a.max_abs_diff, b.max_abs_diff),
         abs_diff_sum=a.abs_diff_sum + b.abs_diff_sum,
@@ -153,7 +154,7 @@ def _add_output(a: OutputCounters, b: OutputCounters) -> OutputCounters:
 def _add_shadow(a: ShadowCounters, b: ShadowCounters) -> ShadowCounters:
     outputs = dict(a.outputs)
     for name, counters in b.outputs.items():
-        outputs[name] = _add_output(outputs[name], counters) if name in outputs else counters
+        outputs[name] = add_output(outputs[name], counters) if name in outputs else counters
     return ShadowCounters(
         mirrored=a.mirrored + b.mirrored,
         compared=a.compared + b.compared,

@@ -327,32 +327,23 @@ def _canary_figures(state: RolloutStatus) -> str:
 # --------------------------------------------------------------------------- verdicts
 
 
+def _finish(
+    state: RolloutStatus, phase: RolloutPhase, verdict: str, why: str, now: datetime
+) -> RolloutStatus:
+    update = {"phase": phase, "verdict": verdict, "message": why, "finished_at": now}
+    return state.model_copy(update={**update, "weight": None})
+
+
 def _promote(state: RolloutStatus, verdict: str, why: str, now: datetime) -> Step:
-    new = state.model_copy(
-        update={
-            "phase": RolloutPhase.PROMOTED,
-            "verdict": verdict,
-            "message": why,
-            "finished_at": now,
-            "weight": None,
-        }
-    )
     text = f"artifact {state.candidate_artifact_id} promoted: {why}"
+    new = _finish(state, RolloutPhase.PROMOTED, verdict, why, now)
     return Step(new, (Event("Normal", "Promoted", text),))
 
 
 def _roll_back(state: RolloutStatus, verdict: str, why: str, now: datetime) -> Step:
-    new = state.model_copy(
-        update={
-            "phase": RolloutPhase.ROLLED_BACK,
-            "verdict": verdict,
-            "message": why,
-            "finished_at": now,
-            "weight": None,
-        }
-    )
     text = (
         f"artifact {state.candidate_artifact_id} rolled back, "
         f"{state.baseline_artifact_id} keeps serving: {why}"
     )
+    new = _finish(state, RolloutPhase.ROLLED_BACK, verdict, why, now)
     return Step(new, (Event("Warning", "RolledBack", text),))

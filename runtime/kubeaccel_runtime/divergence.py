@@ -2,8 +2,9 @@
 
 Shared by the optimizer's accuracy gate (optimized vs original on validation samples) and
 by a shadow rollout (candidate vs serving chain on mirrored live requests). The sums are
-kept apart so that a running comparison can add request after request and still report
-the same relative error the gate computes over a whole sample set at once.
+kept apart so that a running comparison can add request after request
+(kubeaccel_api.routing.add_output) and still report the same relative error the gate
+computes over a whole sample set at once.
 """
 
 from __future__ import annotations
@@ -31,14 +32,6 @@ class OutputDivergence:
     def rel_error(self) -> float:
         """Relative L1 error: sum|candidate - reference| / sum|reference|."""
         return self.abs_diff_sum / max(self.abs_ref_sum, EPS)
-
-    def __add__(self, other: OutputDivergence) -> OutputDivergence:
-        return OutputDivergence(
-            max_abs=max(self.max_abs, other.max_abs),
-            abs_diff_sum=self.abs_diff_sum + other.abs_diff_sum,
-            abs_ref_sum=self.abs_ref_sum + other.abs_ref_sum,
-            non_finite=self.non_finite + other.non_finite,
-        )
 
 
 def output_divergence(reference: Array, candidate: Array) -> OutputDivergence:

@@ -166,6 +166,37 @@ class Env:
             sub="status",
         )
 
+    def deploy(self, spec: dict[str, Any]) -> None:
+        """Create the resource and play the controllers until chain a serves it."""
+        self.api.create(
+            {
+                "apiVersion": "kubeaccel.io/v1alpha1",
+                "kind": "AcceleratedModel",
+                "metadata": {"name": NAME, "namespace": NS},
+                "spec": spec,
+            }
+        )
+        finish_job(self.api, NS, self.one_job(aid_of(spec)), summary(aid_of(spec)))
+        wait_for(lambda: self.api.get("Deployment", NS, f"{NAME}-shard-0"), "chain a")
+        make_available(self.api, NS, f"{NAME}-shard-0")
+        wait_for(lambda: self.status().get("phase") == "Ready", "Ready")
+
+    def roll_out(
+        self, spec: dict[str, Any], chain: str, artifact: Path, kubelet: Kubelet, phase: str
+    ) -> Proc:
+        """Change the spec and play the controllers until the candidate in `chain` gets
+        traffic (`phase`); returns the candidate's server process."""
+        deployment = f"{NAME}-shard-0" if chain == "a" else f"{NAME}-b-shard-0"
+        self.api.patch("AcceleratedModel", NS, NAME, {"spec": spec})
+        finish_job(self.api, NS, self.one_job(aid_of(spec)), summary(aid_of(spec)))
+        wait_for(lambda: self.api.get("Deployment", NS, deployment), "the candidate's shards")
+        wait_for(lambda: self.phase() == "Starting", "the rollout starting")
+        candidate = self.serve(artifact, chain, kubelet)
+        kubelet.urls[service_url(chain)] = candidate.url
+        make_available(self.api, NS, deployment)
+        wait_for(lambda: self.phase() == phase, phase)
+        return candidate
+
     def one_job(self, artifact: str) -> str:
         def found() -> str | None:
             for job in self.api.list("Job", NS):
@@ -224,33 +255,14 @@ def test_shadow_rollouts_promote_an_agreeing_candidate_and_roll_back_a_perturbed
         _artifact(root, 7, 2),  # other weights: outputs far apart
     )
     env.operator.start()
-    env.api.create(
-        {
-            "apiVersion": "kubeaccel.io/v1alpha1",
-            "kind": "AcceleratedModel",
-            "metadata": {"name": NAME, "namespace": NS},
-            "spec": SPEC,
-        }
-    )
-    first, second, third = aid_of(SPEC), aid_of(SECOND), aid_of(THIRD)
-    finish_job(env.api, NS, env.one_job(first), summary(first))
-    wait_for(lambda: env.api.get("Deployment", NS, f"{NAME}-shard-0"), "chain a")
-    make_available(env.api, NS, f"{NAME}-shard-0")
-    wait_for(lambda: env.status().get("phase") == "Ready", "Ready")
+    env.deploy(SPEC)
 
     with Kubelet(env.api, env.tmp) as kubelet:
         serving = env.serve(serving_art, "a", kubelet)
         env.pod("a", serving)
 
         # ---- rollout 1: an agreeing candidate is promoted
-        env.api.patch("AcceleratedModel", NS, NAME, {"spec": SECOND})
-        finish_job(env.api, NS, env.one_job(second), summary(second))
-        wait_for(lambda: env.api.get("Deployment", NS, f"{NAME}-b-shard-0"), "the candidate chain")
-        wait_for(lambda: env.phase() == "Starting", "the rollout starting")
-        candidate = env.serve(agreeing_art, "b", kubelet)
-        kubelet.urls[service_url("b")] = candidate.url
-        make_available(env.api, NS, f"{NAME}-b-shard-0")
-        wait_for(lambda: env.phase() == "Shadowing", "shadowing")
+        candidate = env.roll_out(SECOND, "b", agreeing_art, kubelet, "Shadowing")
 
         sent, versions = env.traffic_until(
             serving,
@@ -272,20 +284,14 @@ def test_shadow_rollouts_promote_an_agreeing_candidate_and_roll_back_a_perturbed
         )
         assert main["spec"]["selector"]["kubeaccel.io/shard"] == "0"
         wait_for(lambda: env.api.get("Deployment", NS, f"{NAME}-shard-0") is None, "chain a gone")
-        assert env.status()["deployedArtifactId"] == second
+        assert env.status()["deployedArtifactId"] == aid_of(SECOND)
         events = [e["reason"] for e in env.api.list("Event", NS)]
         assert {"RolloutStarted", "CandidateReady", "Promoted"} <= set(events)
 
         # ---- rollout 2: chain b serves; a perturbed candidate in chain a is rolled back
         make_available(env.api, NS, f"{NAME}-b-shard-0")
         env.pod("b", candidate)
-        env.api.patch("AcceleratedModel", NS, NAME, {"spec": THIRD})
-        finish_job(env.api, NS, env.one_job(third), summary(third))
-        wait_for(lambda: env.api.get("Deployment", NS, f"{NAME}-shard-0"), "the new candidate")
-        perturbed = env.serve(perturbed_art, "a", kubelet)
-        kubelet.urls[service_url("a")] = perturbed.url
-        make_available(env.api, NS, f"{NAME}-shard-0")
-        wait_for(lambda: env.phase() == "Shadowing", "2nd")
+        env.roll_out(THIRD, "a", perturbed_art, kubelet, "Shadowing")
 
         sent, versions = env.traffic_until(
             candidate,
@@ -305,7 +311,7 @@ def test_shadow_rollouts_promote_an_agreeing_candidate_and_roll_back_a_perturbed
         service = env.api.get("Service", NS, NAME)
         assert service is not None
         assert service["spec"]["selector"]["app.kubernetes.io/component"] == "runtime-b"
-        assert env.status()["deployedArtifactId"] == second
+        assert env.status()["deployedArtifactId"] == aid_of(SECOND)
         routing = json.loads(
             env.api.get("ConfigMap", NS, f"{NAME}-routing")["data"]["routing.json"]
         )
@@ -316,28 +322,11 @@ def test_an_operator_restart_mid_comparison_keeps_the_rollout_going(env: Env) ->
     root = env.tmp / "artifacts"
     serving_art, agreeing_art = _artifact(root, 0, 0), _artifact(root, 0, 1)
     env.operator.start()
-    env.api.create(
-        {
-            "apiVersion": "kubeaccel.io/v1alpha1",
-            "kind": "AcceleratedModel",
-            "metadata": {"name": NAME, "namespace": NS},
-            "spec": SPEC,
-        }
-    )
-    first, second = aid_of(SPEC), aid_of(SECOND)
-    finish_job(env.api, NS, env.one_job(first), summary(first))
-    wait_for(lambda: env.api.get("Deployment", NS, f"{NAME}-shard-0"), "chain a")
-    make_available(env.api, NS, f"{NAME}-shard-0")
+    env.deploy(SPEC)
     with Kubelet(env.api, env.tmp) as kubelet:
         serving = env.serve(serving_art, "a", kubelet)
         env.pod("a", serving)
-        env.api.patch("AcceleratedModel", NS, NAME, {"spec": SECOND})
-        finish_job(env.api, NS, env.one_job(second), summary(second))
-        wait_for(lambda: env.api.get("Deployment", NS, f"{NAME}-b-shard-0"), "the candidate")
-        candidate = env.serve(agreeing_art, "b", kubelet)
-        kubelet.urls[service_url("b")] = candidate.url
-        make_available(env.api, NS, f"{NAME}-b-shard-0")
-        wait_for(lambda: env.phase() == "Shadowing", "shadowing")
+        env.roll_out(SECOND, "b", agreeing_art, kubelet, "Shadowing")
         started = env.status()["rollout"]["analysisStartedAt"]
 
         assert env.operator.stop() in (0, -15)
@@ -378,27 +367,11 @@ def test_a_canary_answers_part_of_the_traffic_and_is_promoted(env: Env) -> None:
     )
     second = deep_merge(canary_spec, {"optimization": {"quantization": {"mode": "dynamic-int8"}}})
     env.operator.start()
-    env.api.create(
-        {
-            "apiVersion": "kubeaccel.io/v1alpha1",
-            "kind": "AcceleratedModel",
-            "metadata": {"name": NAME, "namespace": NS},
-            "spec": canary_spec,
-        }
-    )
-    finish_job(env.api, NS, env.one_job(aid_of(canary_spec)), summary(aid_of(canary_spec)))
-    wait_for(lambda: env.api.get("Deployment", NS, f"{NAME}-shard-0"), "chain a")
-    make_available(env.api, NS, f"{NAME}-shard-0")
+    env.deploy(canary_spec)
     with Kubelet(env.api, env.tmp) as kubelet:
         serving = env.serve(serving_art, "a", kubelet)
         env.pod("a", serving)
-        env.api.patch("AcceleratedModel", NS, NAME, {"spec": second})
-        finish_job(env.api, NS, env.one_job(aid_of(second)), summary(aid_of(second)))
-        wait_for(lambda: env.api.get("Deployment", NS, f"{NAME}-b-shard-0"), "the candidate")
-        candidate = env.serve(candidate_art, "b", kubelet)
-        kubelet.urls[service_url("b")] = candidate.url
-        make_available(env.api, NS, f"{NAME}-b-shard-0")
-        wait_for(lambda: env.phase() == "Canary", "the canary")
+        env.roll_out(second, "b", candidate_art, kubelet, "Canary")
         sent, versions = env.traffic_until(
             serving, lambda: env.phase() != "Canary", "the canary's verdict"
         )

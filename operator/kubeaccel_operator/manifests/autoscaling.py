@@ -6,6 +6,8 @@ never both (two HPAs on one Deployment fight).
 
 from __future__ import annotations
 
+from typing import Any
+
 from kubeaccel_api.v1alpha1 import AcceleratedModel, AutoscalingSpec
 
 from kubeaccel_operator.manifests.common import (
@@ -21,23 +23,27 @@ from kubeaccel_operator.manifests.common import (
 INFLIGHT_METRIC = "kubeaccel_inflight_requests"
 
 
-def _spec(res: AcceleratedModel) -> AutoscalingSpec:
+def _parts(
+    res: AcceleratedModel, index: int, chain: Chain
+) -> tuple[AutoscalingSpec, dict[str, Any], dict[str, str]]:
+    """The autoscaling spec, the autoscaler's metadata and its target (the shard's Deployment)."""
     scaling = res.spec.runtime.autoscaling
     if scaling is None:
         raise ValueError(f"{res.metadata.name}: spec.runtime.autoscaling is not set")
-    return scaling
+    name = shard_name(res.metadata.name, index, chain)
+    meta = object_meta(res, name, labels(res, chain.component, shard=index))
+    return scaling, meta, {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
 
 
 def build_hpa(res: AcceleratedModel, index: int, chain: Chain = Chain.A) -> Manifest:
     """autoscaling/v2 HPA of shard i: average CPU utilisation of its pods."""
-    scaling = _spec(res)
-    name = shard_name(res.metadata.name, index, chain)
+    scaling, meta, target = _parts(res, index, chain)
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": object_meta(res, name, labels(res, chain.component, shard=index)),
+        "metadata": meta,
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "scaleTargetRef": target,
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
             "metrics": [
@@ -63,15 +69,13 @@ def build_scaled_object(res: AcceleratedModel, index: int, chain: Chain = Chain.
     metricType Value the HPA KEDA drives computes replicas x value / target, i.e. it aims at
     `target.inflightRequests` per pod, like an average.
     """
-    scaling = _spec(res)
-    name = shard_name(res.metadata.name, index, chain)
-    target = f"{scaling.target.inflight_requests:g}"
+    scaling, meta, target = _parts(res, index, chain)
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
-        "metadata": object_meta(res, name, labels(res, chain.component, shard=index)),
+        "metadata": meta,
         "spec": {
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "scaleTargetRef": target,
             "minReplicaCount": scaling.min_replicas,
             "maxReplicaCount": scaling.max_replicas,
             "triggers": [
@@ -82,7 +86,7 @@ def build_scaled_object(res: AcceleratedModel, index: int, chain: Chain = Chain.
                         "url": f"{shard_url(res, index, chain)}/metrics",
                         "format": "prometheus",
                         "valueLocation": INFLIGHT_METRIC,
-                        "targetValue": target,
+                        "targetValue": f"{scaling.target.inflight_requests:g}",
                     },
                 }
             ],

@@ -32,12 +32,13 @@ from kubeaccel_api.routing import (
     RoutingMode,
     RoutingReport,
     ShadowCounters,
+    add_output,
     bucket_index,
 )
 from pydantic import ValidationError
 
 from kubeaccel_runtime.client import OipDecodeError, decode_response, encode_request
-from kubeaccel_runtime.divergence import OutputDivergence, is_class_scores, output_divergence, top1
+from kubeaccel_runtime.divergence import is_class_scores, output_divergence, top1
 from kubeaccel_runtime.rawhttp import ConnectionPool, raw_http_request
 from kubeaccel_runtime.serve.errors import DownstreamFailed, DownstreamUnavailable, ServeError
 
@@ -100,7 +101,7 @@ class ShadowStats:
     skipped: int = 0
     top1_compared: int = 0
     top1_agreed: int = 0
-    outputs: dict[str, OutputDivergence] = field(default_factory=dict)
+    outputs: dict[str, OutputCounters] = field(default_factory=dict)
 
     def compare(
         self,
@@ -121,7 +122,14 @@ class ShadowStats:
                 )
         for name in names:
             div = output_divergence(served[name], candidate[name])
-            self.outputs[name] = self.outputs[name] + div if name in self.outputs else div
+            counters = OutputCounters(
+                max_abs_diff=div.max_abs,
+                abs_diff_sum=div.abs_diff_sum,
+                abs_ref_sum=div.abs_ref_sum,
+                non_finite=div.non_finite,
+            )
+            old = self.outputs.get(name)
+            self.outputs[name] = counters if old is None else add_output(old, counters)
         if (
             top1_output is not None
             and top1_output in names
@@ -142,15 +150,7 @@ class ShadowStats:
             skipped=self.skipped,
             top1_compared=self.top1_compared,
             top1_agreed=self.top1_agreed,
-            outputs={
-                name: OutputCounters(
-                    max_abs_diff=d.max_abs,
-                    abs_diff_sum=d.abs_diff_sum,
-                    abs_ref_sum=d.abs_ref_sum,
-                    non_finite=d.non_finite,
-                )
-                for name, d in self.outputs.items()
-            },
+            outputs=dict(self.outputs),
         )
 
 

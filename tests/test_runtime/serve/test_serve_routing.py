@@ -45,6 +45,13 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def ready(proc_factory: type[Proc], artifact: Path, *flags: str) -> Proc:
+    """A `kubeaccel serve` process of `artifact`, once it reports ready."""
+    proc = proc_factory(artifact, *flags)
+    proc.wait_for("/v2/health/ready", 200)
+    return proc
+
+
 def version(artifact: Path) -> str:
     return artifact.name
 
@@ -171,10 +178,10 @@ def test_routing_options_build_a_fixed_routing_or_none() -> None:
 def test_shadow_answers_from_the_serving_chain_and_compares_every_mirrored_request(
     artifacts: dict[str, Path], proc_factory: type[Proc]
 ) -> None:
-    cand = proc_factory(artifacts["same"])
-    cand.wait_for("/v2/health/ready", 200)
-    p = proc_factory(artifacts["serving"], "--candidate", cand.url, "--mirror-percent", "100")
-    p.wait_for("/v2/health/ready", 200)
+    cand = ready(proc_factory, artifacts["same"])
+    p = ready(
+        proc_factory, artifacts["serving"], "--candidate", cand.url, "--mirror-percent", "100"
+    )
     served = send_all(p)
     assert {r.model_version for r in served} == {version(artifacts["serving"])}
     got = wait_until(lambda: (r := report(p)).shadow.compared == len(XS) and r, "comparisons")
@@ -190,10 +197,8 @@ def test_shadow_measures_a_perturbed_candidate_without_changing_any_answer(
     artifacts: dict[str, Path], proc_factory: type[Proc]
 ) -> None:
     reference = load_shard(artifacts["serving"], 0, config=CPU1)
-    cand = proc_factory(artifacts["perturbed"])
-    cand.wait_for("/v2/health/ready", 200)
-    p = proc_factory(artifacts["serving"], "--candidate", cand.url, "--mirror-percent", "50")
-    p.wait_for("/v2/health/ready", 200)
+    cand = ready(proc_factory, artifacts["perturbed"])
+    p = ready(proc_factory, artifacts["serving"], "--candidate", cand.url, "--mirror-percent", "50")
     served = send_all(p)
     for x, answer in zip(XS, served, strict=True):
         np.testing.assert_array_equal(answer.outputs["y"], reference.run({"x": x})["y"])
@@ -210,8 +215,7 @@ def test_a_dead_candidate_is_counted_and_never_seen_by_clients(
     artifacts: dict[str, Path], proc_factory: type[Proc]
 ) -> None:
     dead = f"http://127.0.0.1:{_closed_port()}"
-    p = proc_factory(artifacts["serving"], "--candidate", dead, "--mirror-percent", "100")
-    p.wait_for("/v2/health/ready", 200)
+    p = ready(proc_factory, artifacts["serving"], "--candidate", dead, "--mirror-percent", "100")
     send_all(p)  # raises on any non-200
     got = wait_until(lambda: (r := report(p)).shadow.errors == len(XS) and r, "mirror errors")
     assert got.shadow.compared == 0
@@ -222,8 +226,7 @@ def test_mirrors_never_hold_up_answers_and_are_skipped_beyond_the_bound(
     artifacts: dict[str, Path], proc_factory: type[Proc], hanging_port: int
 ) -> None:
     stuck = f"http://127.0.0.1:{hanging_port}"
-    p = proc_factory(artifacts["serving"], "--candidate", stuck, "--mirror-percent", "100")
-    p.wait_for("/v2/health/ready", 200)
+    p = ready(proc_factory, artifacts["serving"], "--candidate", stuck, "--mirror-percent", "100")
     with InferenceClient(p.url) as cli:
         for _ in range(80):
             assert cli.infer("mlp", {"x": XS[0]}).model_version == version(artifacts["serving"])
@@ -237,10 +240,8 @@ def test_mirrors_never_hold_up_answers_and_are_skipped_beyond_the_bound(
 def test_canary_answers_its_share_from_the_candidate_and_falls_back_when_it_fails(
     artifacts: dict[str, Path], proc_factory: type[Proc]
 ) -> None:
-    cand = proc_factory(artifacts["same"])
-    cand.wait_for("/v2/health/ready", 200)
-    p = proc_factory(artifacts["serving"], "--candidate", cand.url, "--canary-percent", "25")
-    p.wait_for("/v2/health/ready", 200)
+    cand = ready(proc_factory, artifacts["same"])
+    p = ready(proc_factory, artifacts["serving"], "--candidate", cand.url, "--canary-percent", "25")
     versions = [r.model_version for r in send_all(p)]
     assert versions.count(version(artifacts["same"])) == len(XS) // 4
     assert versions.count(version(artifacts["serving"])) == len(XS) - len(XS) // 4
@@ -261,11 +262,9 @@ def test_canary_answers_its_share_from_the_candidate_and_falls_back_when_it_fail
 def test_the_routing_file_is_followed_as_it_changes(
     artifacts: dict[str, Path], proc_factory: type[Proc], tmp_path: Path
 ) -> None:
-    cand = proc_factory(artifacts["same"])
-    cand.wait_for("/v2/health/ready", 200)
+    cand = ready(proc_factory, artifacts["same"])
     path = tmp_path / "routing.json"
-    p = proc_factory(artifacts["serving"], "--routing-file", str(path), "--chain", "a")
-    p.wait_for("/v2/health/ready", 200)
+    p = ready(proc_factory, artifacts["serving"], "--routing-file", str(path), "--chain", "a")
     assert report(p).mode is RoutingMode.OFF  # no file yet
 
     def write(routing: Routing) -> None:
