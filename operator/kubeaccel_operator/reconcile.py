@@ -127,8 +127,6 @@ class Plan:
     events: tuple[Event, ...]
     # A dependency that is not there yet; the handler retries after applying the rest.
     waiting: str | None = None
-    # A rollout is waiting for its verdict: reconcile again soon to read its counters.
-    rollout_active: bool = False
 
 
 class JobState(StrEnum):
@@ -400,8 +398,7 @@ def reconcile(res: AcceleratedModel, observed: Observed, cfg: Settings, now: dat
         rollout=out.rollout,
     )
     waiting = outcome.message if outcome.state is JobState.WAITING else None
-    active = rollout.in_progress(out.rollout)
-    return Plan(tuple(desired), delete, status, tuple(events), waiting, active)
+    return Plan(tuple(desired), delete, status, tuple(events), waiting)
 
 
 # --------------------------------------------------------------------------- delivery

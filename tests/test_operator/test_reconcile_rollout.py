@@ -20,6 +20,7 @@ from kubeaccel_api.routing import (
 )
 from kubeaccel_api.v1alpha1 import AcceleratedModel, AcceleratedModelStatus
 from kubeaccel_operator.reconcile import CHILD_KINDS, Observed, Plan, reconcile
+from kubeaccel_operator.rollout import in_progress
 from kubeaccel_operator.settings import Settings
 from operator_samples import NAME, NOW, NS, aid, deep_merge, model, summary
 
@@ -194,7 +195,7 @@ def test_a_new_artifact_runs_beside_the_serving_chain_until_it_is_promoted() -> 
         "Starting",
         "b",
     )
-    assert start.status.phase.value == "RollingOut" and start.rollout_active
+    assert start.status.phase.value == "RollingOut" and in_progress(start.status.rollout)
     assert "Normal/RolloutStarted" in reasons(start)
     assert condition(start, "Deployed")[:2] == ("Unknown", "RollingOut")
     assert start.delete == ()  # the serving chain is left exactly as it runs
@@ -242,7 +243,7 @@ def test_a_new_artifact_runs_beside_the_serving_chain_until_it_is_promoted() -> 
         == "runtime-b"
     )
     assert promoted.status.deployed_artifact_id == new
-    assert promoted.status.phase.value == "Ready" and not promoted.rollout_active
+    assert promoted.status.phase.value == "Ready" and not in_progress(promoted.status.rollout)
     assert world.routing()["mode"] == "off" and world.routing()["chain"] == "b"
 
     settled = world.step(60)
