@@ -147,6 +147,12 @@ def _printer_columns() -> list[Schema]:
             "priority": 1,
         },
         {
+            "name": "Rollout",
+            "type": "string",
+            "jsonPath": ".status.rollout.phase",
+            "priority": 1,
+        },
+        {
             "name": "Artifact",
             "type": "string",
             "jsonPath": ".status.deployedArtifactId",

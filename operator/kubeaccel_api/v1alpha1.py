@@ -408,6 +408,57 @@ class BatchingSpec(ApiModel):
     )
 
 
+class AutoscalingTarget(ApiModel):
+    """What the autoscaler keeps each pod at."""
+
+    cpu_utilization: int = Field(
+        default=70,
+        ge=1,
+        le=1000,
+        description=(
+            "HorizontalPodAutoscaler: average CPU use in percent of the pod's CPU request "
+            "(needs a metrics API such as metrics-server)."
+        ),
+    )
+    inflight_requests: float = Field(
+        default=8.0,
+        gt=0,
+        le=100_000,
+        description=(
+            "KEDA ScaledObject (used instead where KEDA is installed): infer requests in "
+            "flight per pod."
+        ),
+    )
+
+
+class AutoscalingSpec(ApiModel):
+    """Scale each shard with its load; replaces `replicas` while set."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+                    "minReplicas must not exceed maxReplicas",
+                    ".minReplicas",
+                )
+            ]
+        }
+    )
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest pods per shard.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most pods per shard.")
+    target: AutoscalingTarget = Field(
+        default_factory=AutoscalingTarget, description="Per-pod load the autoscaler aims for."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise field_rule("minReplicas", "must not exceed maxReplicas")
+        return self
+
+
 class RuntimeSpec(ApiModel):
     """How the optimized shards are served; changing it only rolls the Deployments."""
 
@@ -419,12 +470,27 @@ class RuntimeSpec(ApiModel):
                     " || (has(self.resources) && has(self.resources.gpus) && self.resources.gpus > 0)",
                     "resources.gpus must be at least 1 when executionProvider is cuda or tensorrt",
                     ".resources.gpus",
-                )
+                ),
+                _cel(
+                    "!has(self.autoscaling) || (has(self.resources) && has(self.resources.cpu))",
+                    "resources.cpu is required when autoscaling is set (CPU utilisation is "
+                    "relative to the request)",
+                    ".resources.cpu",
+                ),
             ]
         }
     )
 
-    replicas: int = Field(default=1, ge=0, le=1000, description="Pods per shard.")
+    replicas: int = Field(
+        default=1, ge=0, le=1000, description="Pods per shard (ignored while autoscaling is set)."
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None,
+        description=(
+            "Scale every shard between minReplicas and maxReplicas: a HorizontalPodAutoscaler "
+            "on CPU, or a KEDA ScaledObject on in-flight requests where KEDA is installed."
+        ),
+    )
     execution_provider: ExecutionProvider = Field(
         default=ExecutionProvider.AUTO,
         description="auto (TensorRT, then CUDA, then CPU), tensorrt, cuda or cpu.",
@@ -460,6 +526,11 @@ class RuntimeSpec(ApiModel):
             raise field_rule(
                 "resources.gpus",
                 "must be at least 1 when executionProvider is cuda or tensorrt",
+            )
+        if self.autoscaling is not None and self.resources.cpu is None:
+            raise field_rule(
+                "resources.cpu",
+                "is required when autoscaling is set (CPU utilisation is relative to the request)",
             )
         return self
 
@@ -623,6 +694,210 @@ class StorageSpec(ApiModel):
         return self
 
 
+# --------------------------------------------------------------------------- rollout
+
+MAX_CANARY_STEPS = 8
+
+
+def _increasing(field: str, max_items: int) -> str:
+    """CEL: `self.<field>` is strictly increasing (portable CEL has no isSorted())."""
+    pairs = [
+        f"(size(self.{field}) <= {i + 1} || self.{field}[{i}] < self.{field}[{i + 1}])"
+        for i in range(max_items - 1)
+    ]
+    return f"!has(self.{field}) || (" + " && ".join(pairs) + ")"
+
+
+class RolloutStrategy(StrEnum):
+    """How a new artifact replaces the serving one."""
+
+    REPLACE = "replace"
+    SHADOW = "shadow"
+    CANARY = "canary"
+
+
+class ShadowSpec(ApiModel):
+    """Shadow: the candidate gets a copy of live requests; clients only see the serving chain."""
+
+    mirror_percent: float = Field(
+        default=10.0,
+        gt=0,
+        le=100,
+        description="Share of live requests (percent) also sent to the candidate and compared.",
+    )
+    min_requests: int = Field(
+        default=100,
+        ge=1,
+        le=10_000_000,
+        description="Requests compared before a verdict; fewer within maxDurationSeconds rolls back.",
+    )
+    max_duration_seconds: int = Field(
+        default=900,
+        ge=10,
+        le=7 * 86400,
+        description="Longest comparison (from the candidate being Ready) before a verdict.",
+    )
+    max_error_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Largest share of mirrored requests the candidate may fail (error, timeout).",
+    )
+
+
+class CanarySpec(ApiModel):
+    """Canary: a growing share of live traffic is answered by the candidate."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    _increasing("steps", MAX_CANARY_STEPS),
+                    "steps must be strictly increasing",
+                    ".steps",
+                ),
+                _cel(
+                    "!has(self.steps) || !has(self.maxDurationSeconds)"
+                    " || !has(self.stepIntervalSeconds)"
+                    " || self.maxDurationSeconds >= size(self.steps) * self.stepIntervalSeconds",
+                    "maxDurationSeconds must cover every step (steps x stepIntervalSeconds)",
+                    ".maxDurationSeconds",
+                ),
+            ]
+        }
+    )
+
+    steps: list[Annotated[int, Field(ge=1, le=99)]] = Field(
+        default=[10, 50],
+        min_length=1,
+        max_length=MAX_CANARY_STEPS,
+        description="Candidate weights in percent (1-99), strictly increasing; promotion follows "
+        "the last one.",
+    )
+    step_interval_seconds: int = Field(
+        default=60, ge=5, le=86400, description="Time at each weight before it is judged."
+    )
+    min_requests: int = Field(
+        default=20,
+        ge=1,
+        le=10_000_000,
+        description="Requests the candidate must answer at each step before it is judged.",
+    )
+    max_error_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Largest amount (0-1) by which the candidate's error rate may exceed the "
+        "serving chain's.",
+    )
+    max_latency_ratio: float = Field(
+        default=1.5,
+        ge=1,
+        le=100,
+        description="Largest candidate / serving ratio of median latency.",
+    )
+    latency_tolerance_ms: float = Field(
+        default=5.0,
+        ge=0,
+        le=60_000,
+        description="Median latency may also exceed the serving chain's by this much (covers "
+        "the extra hop of the split).",
+    )
+    max_duration_seconds: int = Field(
+        default=1800,
+        ge=10,
+        le=7 * 86400,
+        description="Longest canary (from the candidate being Ready); unfinished steps roll back.",
+    )
+
+    @model_validator(mode="after")
+    def _steps(self) -> CanarySpec:
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise field_rule("steps", "must be strictly increasing")
+        if self.max_duration_seconds < len(self.steps) * self.step_interval_seconds:
+            raise field_rule(
+                "maxDurationSeconds",
+                "must cover every step (steps x stepIntervalSeconds)",
+            )
+        return self
+
+
+class RolloutSpec(ApiModel):
+    """How a new artifact (a changed source or optimization) earns its traffic."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!has(self.shadow) || (has(self.strategy) && self.strategy == 'shadow')",
+                    "shadow settings need strategy shadow",
+                    ".shadow",
+                ),
+                _cel(
+                    "!has(self.canary) || (has(self.strategy) && self.strategy == 'canary')",
+                    "canary settings need strategy canary",
+                    ".canary",
+                ),
+                _cel(
+                    "!has(self.budget) || (has(self.strategy) && self.strategy == 'shadow')",
+                    "budget needs strategy shadow (canary is judged on errors and latency)",
+                    ".budget",
+                ),
+            ]
+        }
+    )
+
+    strategy: RolloutStrategy = Field(
+        default=RolloutStrategy.REPLACE,
+        description="replace: roll the shards in place (default); shadow: compare the candidate "
+        "on mirrored live requests; canary: shift live traffic to it in steps.",
+    )
+    shadow: ShadowSpec | None = Field(default=None, description="Shadow settings.")
+    canary: CanarySpec | None = Field(default=None, description="Canary settings.")
+    budget: AccuracyBudget | None = Field(
+        default=None,
+        description="Shadow: how close the candidate's outputs must stay to the serving chain's "
+        "(maxAbsDiff, maxMeanRelError, minTop1Agreement); absent uses "
+        "optimization.accuracyBudget.",
+    )
+    ready_timeout_seconds: int = Field(
+        default=600,
+        ge=10,
+        le=86400,
+        description="A candidate not Ready this long after it was created is rolled back.",
+    )
+
+    @model_validator(mode="after")
+    def _settings_match_strategy(self) -> RolloutSpec:
+        if self.shadow is not None and self.strategy is not RolloutStrategy.SHADOW:
+            raise field_rule("shadow", "settings need strategy shadow")
+        if self.canary is not None and self.strategy is not RolloutStrategy.CANARY:
+            raise field_rule("canary", "settings need strategy canary")
+        if self.budget is not None and self.strategy is not RolloutStrategy.SHADOW:
+            raise field_rule(
+                "budget", "needs strategy shadow (canary is judged on errors and latency)"
+            )
+        return self
+
+    @property
+    def shadow_settings(self) -> ShadowSpec:
+        """The shadow settings in force (defaults when absent)."""
+        return self.shadow or ShadowSpec()
+
+    @property
+    def canary_settings(self) -> CanarySpec:
+        """The canary settings in force (defaults when absent)."""
+        return self.canary or CanarySpec()
+
+
+# Budget figures a live comparison can measure (there are no labels on live traffic).
+LIVE_BUDGET_FIELDS = ("maxAbsDiff", "maxMeanRelError", "minTop1Agreement")
+
+
+def _has_live_budget(path: str) -> str:
+    return "(" + " || ".join(f"has({path}.{f})" for f in LIVE_BUDGET_FIELDS) + ")"
+
+
 # --------------------------------------------------------------------------- spec
 
 
@@ -648,6 +923,17 @@ class AcceleratedModelSpec(ApiModel):
                     "(TorchScript files do not record input dtypes and shapes)",
                     ".inputs",
                 ),
+                _cel(
+                    "!has(self.rollout) || !has(self.rollout.strategy)"
+                    " || self.rollout.strategy != 'shadow'"
+                    f" || (has(self.rollout.budget) && {_has_live_budget('self.rollout.budget')})"
+                    " || (!has(self.rollout.budget) && has(self.optimization)"
+                    " && has(self.optimization.accuracyBudget)"
+                    f" && {_has_live_budget('self.optimization.accuracyBudget')})",
+                    "shadow needs a budget with maxAbsDiff, maxMeanRelError or minTop1Agreement "
+                    "(in rollout.budget, else optimization.accuracyBudget)",
+                    ".rollout.budget",
+                ),
             ]
         }
     )
@@ -671,6 +957,10 @@ class AcceleratedModelSpec(ApiModel):
     )
     limits: LimitsSpec = Field(default_factory=LimitsSpec, description="Request limits.")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Artifact storage.")
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        description="How a new artifact replaces the serving one: replace, shadow or canary.",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> AcceleratedModelSpec:
@@ -679,6 +969,14 @@ class AcceleratedModelSpec(ApiModel):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise field_rule(field, f"names must be unique (repeated: {', '.join(dupes)})")
+        if self.rollout.strategy is RolloutStrategy.SHADOW and not live_budget(
+            self.comparison_budget
+        ):
+            raise field_rule(
+                "rollout.budget",
+                "shadow needs a budget with maxAbsDiff, maxMeanRelError or minTop1Agreement "
+                "(in rollout.budget, else optimization.accuracyBudget)",
+            )
         return self
 
     @model_validator(mode="after")
@@ -691,6 +989,19 @@ class AcceleratedModelSpec(ApiModel):
             )
         return self
 
+    @property
+    def comparison_budget(self) -> AccuracyBudget:
+        """The budget a shadow rollout compares with: rollout.budget, else the optimizer's."""
+        return self.rollout.budget or self.optimization.accuracy_budget
+
+
+def live_budget(budget: AccuracyBudget) -> bool:
+    """Whether `budget` sets a figure that live traffic can measure (no labels there)."""
+    return any(
+        v is not None
+        for v in (budget.max_abs_diff, budget.max_mean_rel_error, budget.min_top1_agreement)
+    )
+
 
 # --------------------------------------------------------------------------- status
 
@@ -701,6 +1012,7 @@ class Phase(StrEnum):
     PENDING = "Pending"
     OPTIMIZING = "Optimizing"
     DEPLOYING = "Deploying"
+    ROLLING_OUT = "RollingOut"
     READY = "Ready"
     FAILED = "Failed"
     DEGRADED = "Degraded"
@@ -714,12 +1026,16 @@ class ConditionType(StrEnum):
       (False: the Job failed or the budget was exceeded; Unknown: the Job is running).
     Deployed: every shard Deployment and Service exists for the current artifact.
     Ready: all of the above and every shard has its replicas available.
+    Degraded (shadow and canary only): True when the spec's artifact was rolled back and an
+      older one keeps serving (the message has the figures); False once the spec's artifact
+      serves.
     """
 
     VALIDATED = "Validated"
     OPTIMIZED = "Optimized"
     DEPLOYED = "Deployed"
     READY = "Ready"
+    DEGRADED = "Degraded"
 
 
 class ConditionStatus(StrEnum):
@@ -811,6 +1127,85 @@ class ShardStatus(ApiModel):
     )
 
 
+class RolloutPhase(StrEnum):
+    """Where a shadow or canary rollout stands."""
+
+    STARTING = "Starting"  # candidate shards created, waiting for them to be Ready
+    SHADOWING = "Shadowing"  # live requests mirrored to the candidate and compared
+    CANARY = "Canary"  # a share of live requests answered by the candidate
+    PROMOTED = "Promoted"  # the candidate serves; the previous chain was removed
+    ROLLED_BACK = "RolledBack"  # the candidate was removed; the previous chain serves
+
+    @property
+    def finished(self) -> bool:
+        """Whether the rollout has reached its verdict."""
+        return self in (RolloutPhase.PROMOTED, RolloutPhase.ROLLED_BACK)
+
+
+class RolloutStatus(ApiModel):
+    """Progress of the latest shadow or canary rollout; survives an operator restart."""
+
+    strategy: RolloutStrategy = Field(description="shadow or canary.")
+    phase: RolloutPhase = Field(description="Starting, Shadowing, Canary, Promoted or RolledBack.")
+    candidate_artifact_id: str = Field(description="The artifact earning its traffic.")
+    baseline_artifact_id: str = Field(description="The artifact serving when the rollout began.")
+    candidate_chain: str = Field(description="Chain (a or b) the candidate's shards run in.")
+    generation: int = Field(ge=0, description="metadata.generation the rollout started at.")
+    started_at: datetime = Field(description="When the candidate's shards were created.")
+    analysis_started_at: datetime | None = Field(
+        default=None, description="When the candidate was Ready and began to get traffic."
+    )
+    finished_at: datetime | None = Field(default=None, description="When the verdict was made.")
+    step: int | None = Field(default=None, ge=0, description="Canary: index of the current step.")
+    weight: float | None = Field(
+        default=None, description="Share of live requests (percent) routed or mirrored now."
+    )
+    step_started_at: datetime | None = Field(
+        default=None, description="Canary: when the current step began."
+    )
+    step_baseline: int | None = Field(
+        default=None, ge=0, description="Canary: candidate requests counted when the step began."
+    )
+    requests_compared: int | None = Field(
+        default=None, ge=0, description="Shadow: requests answered by both chains and compared."
+    )
+    requests_mirrored: int | None = Field(
+        default=None, ge=0, description="Shadow: requests sent to the candidate."
+    )
+    top1_agreement: float | None = Field(
+        default=None, description="Shadow: share of compared requests with the same top-1 class."
+    )
+    max_abs_diff: float | None = Field(
+        default=None, description="Shadow: largest absolute output difference so far."
+    )
+    mean_rel_error: float | None = Field(
+        default=None, description="Shadow: relative L1 output error so far (worst output)."
+    )
+    candidate_requests: int | None = Field(
+        default=None, ge=0, description="Canary: requests routed to the candidate."
+    )
+    candidate_errors: int | None = Field(
+        default=None, ge=0, description="Requests the candidate failed (errors, timeouts)."
+    )
+    serving_requests: int | None = Field(
+        default=None, ge=0, description="Canary: requests answered by the serving chain."
+    )
+    serving_errors: int | None = Field(
+        default=None, ge=0, description="Canary: requests the serving chain failed."
+    )
+    candidate_p50_ms: float | None = Field(
+        default=None, description="Canary: median latency of the candidate, ms."
+    )
+    serving_p50_ms: float | None = Field(
+        default=None, description="Canary: median latency of the serving chain, ms."
+    )
+    verdict: str | None = Field(
+        default=None,
+        description="CamelCase reason of the outcome, e.g. WithinBudget, BudgetExceeded.",
+    )
+    message: str | None = Field(default=None, description="The outcome or progress, with figures.")
+
+
 class AcceleratedModelStatus(ApiModel):
     """Observed state, written only by the operator."""
 
@@ -819,7 +1214,7 @@ class AcceleratedModelStatus(ApiModel):
         default=None, description="metadata.generation the operator last acted on."
     )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Validated, Optimized, Deployed, Ready."
+        default_factory=list, description="Validated, Optimized, Deployed, Ready, Degraded."
     )
     artifact_id: str | None = Field(default=None, description="Artifact the current spec asks for.")
     deployed_artifact_id: str | None = Field(
@@ -834,6 +1229,9 @@ class AcceleratedModelStatus(ApiModel):
         default=None, description="In-cluster URL of the Open Inference Protocol v2 endpoint."
     )
     message: str | None = Field(default=None, description="Last notable event, for humans.")
+    rollout: RolloutStatus | None = Field(
+        default=None, description="The latest shadow or canary rollout and its verdict."
+    )
 
 
 # --------------------------------------------------------------------------- resource

@@ -32,6 +32,9 @@ def main() -> None:
         threading.Thread(
             target=handlers.resync_forever, args=(stop,), name="resync", daemon=True
         ).start()
+    threading.Thread(
+        target=handlers.poll_rollouts_forever, args=(stop,), name="rollouts", daemon=True
+    ).start()
     kopf.run(
         standalone=cfg.standalone,
         peering_name=cfg.peering_name,

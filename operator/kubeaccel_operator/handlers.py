@@ -9,7 +9,9 @@ There is deliberately no @kopf.timer: kopf 1.45 gives every timer/daemon a final
 (requires_finalizer=True in kopf.on.timer), and without one a timer outlives its deleted
 object. A finalizer would leave resources Terminating whenever the operator is down,
 while children need nothing but their owner references to be garbage-collected. The
-periodic re-observation is `resync_forever`, a plain thread `__main__` starts.
+periodic re-observation is `resync_forever`, a plain thread `__main__` starts; resources
+whose shadow/canary rollout awaits its verdict are re-checked more often by
+`poll_rollouts_forever` (their counters live in the pods, not in any watched object).
 
 All reconciles of one resource are serialised by a lock, and child events arriving
 while one is queued are coalesced into it.
@@ -33,14 +35,18 @@ from pydantic import ValidationError
 
 from kubeaccel_operator import kube
 from kubeaccel_operator.errors import ApiError, InvalidSpec, NotReady, OperatorError, raise_for_kopf
+from kubeaccel_operator.events import Event
 from kubeaccel_operator.manifests.common import MANAGED_BY
-from kubeaccel_operator.reconcile import Event, check_supported, invalid_status, reconcile
+from kubeaccel_operator.reconcile import check_supported, invalid_status, reconcile
+from kubeaccel_operator.rollout import in_progress
 from kubeaccel_operator.settings import OWNED_KINDS, Settings, get_settings
 
 _cluster: kube.Cluster | None = None
 _cluster_lock = threading.Lock()
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _queued: set[tuple[str, str]] = set()
+# Resources whose rollout is waiting for its verdict (rebuilt by resume after a restart).
+_rolling: set[tuple[str, str]] = set()
 _registry_lock = threading.Lock()
 
 
@@ -56,7 +62,7 @@ def get_cluster() -> kube.Cluster:
     global _cluster
     with _cluster_lock:
         if _cluster is None:
-            _cluster = kube.KubeClient.connect()
+            _cluster = kube.KubeClient.connect(pod_probes=get_settings().pod_probes)
         return _cluster
 
 
@@ -122,6 +128,23 @@ def reconcile_body(
     return Result(plan.status, plan.events, error, applied)
 
 
+def _track_rollout(key: tuple[str, str], result: Result) -> None:
+    """Remember whether the resource's rollout still waits for its verdict."""
+    if result.status is None:
+        return
+    with _registry_lock:
+        if in_progress(result.status.rollout):
+            _rolling.add(key)
+        else:
+            _rolling.discard(key)
+
+
+def rolling_out() -> list[tuple[str, str]]:
+    """(namespace, name) of every resource whose rollout awaits its verdict."""
+    with _registry_lock:
+        return sorted(_rolling)
+
+
 def status_patch(result: Result, body: Mapping[str, Any]) -> dict[str, Any] | None:
     """The merge patch that makes .status equal the result's status, or None if it does."""
     if result.status is None:
@@ -164,6 +187,7 @@ def _handle(
     key = (body.metadata.namespace or "", body.metadata.name or "")
     with _serialised(key):
         result = reconcile_body(body, cluster, cfg, datetime.now(UTC).replace(microsecond=0))
+    _track_rollout(key, result)
     update = status_patch(result, body)
     if update is not None:
         patch.status.update(update)
@@ -210,8 +234,11 @@ def reconcile_owner(
             logger.warning("cannot read AcceleratedModel %s/%s: %s", namespace, name, exc)
             return
         if body is None:
+            with _registry_lock:
+                _rolling.discard(key)
             return
         result = reconcile_body(body, cluster, cfg, datetime.now(UTC).replace(microsecond=0))
+        _track_rollout(key, result)
         update = status_patch(result, body)
         if update is not None:
             try:
@@ -246,6 +273,18 @@ def resync_forever(stop: threading.Event) -> None:
             logger.warning("resync failed, retrying at the next interval: %s", exc)
         else:
             logger.debug("resync reconciled %d resource(s)", count)
+
+
+def poll_rollouts_forever(stop: threading.Event) -> None:
+    """Every KUBEACCEL_ROLLOUT_POLL_SECONDS, reconcile the resources that are rolling out."""
+    cfg = get_settings()
+    logger = logging.getLogger("kubeaccel_operator.rollout")
+    while not stop.wait(cfg.rollout_poll_seconds):
+        for namespace, name in rolling_out():
+            try:
+                reconcile_owner(namespace, name, logger)
+            except ApiError as exc:
+                logger.warning("rollout check of %s/%s failed: %s", namespace, name, exc)
 
 
 def on_child_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:

@@ -2,7 +2,8 @@
 
 It observes an AcceleratedModel's children by label, applies a plan by deterministic
 name (create if absent, server-side apply on drift, delete labelled orphans), reads the
-optimizer pod's termination message, and reads/patches the resource itself.
+optimizer pod's termination message, and reads/patches the resource itself. During a
+rollout it lists the serving chain's shard-0 pods, whose counters dataplane.py reads.
 
 Writes use server-side apply (field manager `kubeaccel-operator`, force): a field removed
 from the desired manifest is removed from the object, and a hand edit of a field the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,19 +30,22 @@ from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.constants import (
     GROUP,
     LABEL_COMPONENT,
+    LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     LABEL_MODEL,
     LABEL_SHARD,
     PLURAL,
     VERSION,
 )
+from kubeaccel_api.routing import RoutingReport
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 
 from kubeaccel_operator.errors import ApiError, ForeignObject
 from kubeaccel_operator.manifests.common import (
     MANAGED_BY,
-    Component,
+    Chain,
     Manifest,
+    chain_of_component,
     existing_claim,
     job_name,
     namespace_of,
@@ -49,7 +54,14 @@ from kubeaccel_operator.manifests.common import (
     stable_hash,
 )
 from kubeaccel_operator.manifests.job import CONTAINER as OPTIMIZER_CONTAINER
-from kubeaccel_operator.probe import ProviderReader, read_provider, shard_providers
+from kubeaccel_operator.probe import (
+    ProviderReader,
+    ReportReader,
+    read_provider,
+    read_report,
+    rollout_reports,
+    shard_providers,
+)
 from kubeaccel_operator.reconcile import (
     CHILD_KINDS,
     Observed,
@@ -57,8 +69,15 @@ from kubeaccel_operator.reconcile import (
     job_condition,
     needs_job_message,
 )
+from kubeaccel_operator.rollout import in_progress
 
 FIELD_MANAGER = MANAGED_BY
+# Sets an autoscaled Deployment's replicas once (at creation, or when the operator's own
+# manager hands the field over), so removing it from FIELD_MANAGER's apply keeps the value
+# and the autoscaler is its only writer afterwards.
+SCALE_MANAGER = f"{MANAGED_BY}-replicas"
+KEDA_API = "/apis/keda.sh/v1alpha1"
+KEDA_CHECK_SECONDS = 60.0
 ANNOTATION_APPLIED = f"{GROUP}/applied-hash"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # Immutable after creation (Job pod templates, claim specs): created, never patched.
@@ -95,6 +114,8 @@ RESOURCES: dict[str, ApiResource] = {
     "Service": ApiResource("", "v1", "services"),
     "Deployment": ApiResource("apps", "v1", "deployments"),
     "PodDisruptionBudget": ApiResource("policy", "v1", "poddisruptionbudgets"),
+    "HorizontalPodAutoscaler": ApiResource("autoscaling", "v2", "horizontalpodautoscalers"),
+    "ScaledObject": ApiResource("keda.sh", "v1alpha1", "scaledobjects"),
     "Pod": ApiResource("", "v1", "pods"),
     "Event": ApiResource("", "v1", "events"),
     "AcceleratedModel": ApiResource(GROUP, VERSION, PLURAL),
@@ -121,7 +142,8 @@ APPLICATION_PERMISSIONS: tuple[Permission, ...] = (
     # Claims are created (server-side apply: create + patch) and never changed or deleted.
     ("", "persistentvolumeclaims", frozenset({"get", "list", "watch", "create", "patch"})),
     ("batch", "jobs", frozenset({"get", "list", "watch", "create", "patch", "delete"})),
-    # The optimizer pod's termination message carries the optimization summary.
+    # The optimizer pod's termination message carries the optimization summary; during a
+    # rollout the serving chain's shard-0 pods are listed to read their counters.
     ("", "pods", frozenset({"list"})),
     ("", "services", frozenset({"get", "list", "watch", "create", "patch", "delete"})),
     ("apps", "deployments", frozenset({"get", "list", "watch", "create", "patch", "delete"})),
@@ -130,6 +152,14 @@ APPLICATION_PERMISSIONS: tuple[Permission, ...] = (
         "poddisruptionbudgets",
         frozenset({"get", "list", "watch", "create", "patch", "delete"}),
     ),
+    # Autoscalers are not watched: an HPA rewrites its status every 15 s.
+    (
+        "autoscaling",
+        "horizontalpodautoscalers",
+        frozenset({"get", "list", "create", "patch", "delete"}),
+    ),
+    # Used only where KEDA is installed (discovery tells; no RBAC needed for that).
+    ("keda.sh", "scaledobjects", frozenset({"get", "list", "create", "patch", "delete"})),
 )
 # Every API call the operator process makes (kopf included), for RBAC.
 REQUIRED_PERMISSIONS: tuple[Permission, ...] = FRAMEWORK_PERMISSIONS + APPLICATION_PERMISSIONS
@@ -277,9 +307,44 @@ def owned_by_deployment(pod: Mapping[str, Any], deployments: Mapping[str, Manife
     return False
 
 
+def owns_field(obj: Mapping[str, Any], manager: str, path: tuple[str, ...]) -> bool:
+    """Whether `manager` owns the field at `path` (e.g. ("spec", "replicas")) per managedFields."""
+    for entry in obj.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") != manager:
+            continue
+        node: Any = entry.get("fieldsV1") or {}
+        for part in path:
+            node = node.get(f"f:{part}") if isinstance(node, Mapping) else None
+        if node is not None:
+            return True
+    return False
+
+
 def _shard_of(model: str, pod: Mapping[str, Any]) -> str | None:
-    index = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_SHARD, "")
-    return shard_name(model, int(index)) if index.isdigit() else None
+    labels = pod.get("metadata", {}).get("labels") or {}
+    chain = chain_of_component(labels.get(LABEL_COMPONENT))
+    index = labels.get(LABEL_SHARD, "")
+    return shard_name(model, int(index), chain) if chain and index.isdigit() else None
+
+
+def replicas_handover(
+    desired: Manifest, current: Mapping[str, Any], bounds: tuple[int, int] | None
+) -> int | None:
+    """Replicas SCALE_MANAGER must set on an autoscaled Deployment, or None.
+
+    Needed when the operator's manager still owns spec.replicas (autoscaling was just
+    turned on: without a second owner, applying without the field would reset it to 1)
+    or when the live count is outside [minReplicas, maxReplicas] (e.g. just created).
+    """
+    if desired.get("kind") != "Deployment" or bounds is None or "replicas" in desired["spec"]:
+        return None
+    low, high = bounds
+    live = current.get("spec", {}).get("replicas")
+    replicas = int(live) if live is not None else 1
+    wanted = min(max(replicas, low), high)
+    if wanted != replicas or owns_field(current, FIELD_MANAGER, ("spec", "replicas")):
+        return wanted
+    return None
 
 
 def _job_finished(job: Mapping[str, Any]) -> bool:
@@ -293,25 +358,36 @@ class KubeClient:
     """Cluster implementation over the official client's ApiClient, raw JSON in and out."""
 
     def __init__(
-        self, api: kubernetes.client.ApiClient, read_provider: ProviderReader | None = None
+        self,
+        api: kubernetes.client.ApiClient,
+        read_provider: ProviderReader | None = None,
+        read_report: ReportReader | None = None,
     ) -> None:
         self.api = api
         # Reads a shard pod's execution provider from its IP; None: pods are not probed.
         self.read_provider = read_provider
+        # Reads a shard-0 pod's rollout counters from its URL; None: pods are not probed.
+        self.read_report = read_report
+        self._keda: tuple[float, bool] | None = None
 
     @classmethod
-    def connect(cls, config_file: str | None = None) -> KubeClient:
+    def connect(cls, config_file: str | None = None, pod_probes: str = "auto") -> KubeClient:
         """In-cluster service account when running in a pod, else the kubeconfig.
 
-        Only in a pod does the operator reach pod IPs, so only there are shards probed.
+        Pods are probed (provider gauge, rollout counters) with `pod_probes` "on", or "auto"
+        in a pod: only there does the operator surely reach pod IPs.
         """
         cfg = kubernetes.client.Configuration()
         try:
             kubernetes.config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            in_cluster = True
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config(config_file=config_file, client_configuration=cfg)  # type: ignore[no-untyped-call]
-            return cls(kubernetes.client.ApiClient(cfg))
-        return cls(kubernetes.client.ApiClient(cfg), read_provider=read_provider)
+            in_cluster = False
+        api = kubernetes.client.ApiClient(cfg)
+        if pod_probes == "on" or (pod_probes == "auto" and in_cluster):
+            return cls(api, read_provider=read_provider, read_report=read_report)
+        return cls(api)
 
     def _request(
         self,
@@ -362,13 +438,13 @@ class KubeClient:
                 return None
             raise
 
-    def server_side_apply(self, obj: Manifest) -> dict[str, Any]:
-        """Create or update `obj` with server-side apply as the operator's field manager."""
+    def server_side_apply(self, obj: Manifest, manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Create or update `obj` with server-side apply as `manager` (the operator's)."""
         kind, meta = obj["kind"], obj["metadata"]
         return self._request(
             "PATCH",
             RESOURCES[kind].path(meta["namespace"], meta["name"]),
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            query=[("fieldManager", manager), ("force", "true")],
             body=obj,
             content_type="application/apply-patch+yaml",
             kind=kind,
@@ -391,14 +467,47 @@ class KubeClient:
             raise
         return True
 
+    def keda_installed(self) -> bool:
+        """Whether KEDA's ScaledObject API is served (discovery, re-checked every minute)."""
+        now = time.monotonic()
+        if self._keda is not None and now - self._keda[0] < KEDA_CHECK_SECONDS:
+            return self._keda[1]
+        try:
+            found = self._request("GET", KEDA_API, kind="APIResourceList")
+            served = any(r.get("name") == "scaledobjects" for r in found.get("resources") or [])
+        except ApiError as exc:
+            if exc.status not in (404, 503):
+                raise
+            served = False
+        self._keda = (now, served)
+        return served
+
+    def _scale(self, obj: Mapping[str, Any], replicas: int | None) -> None:
+        """Set an autoscaled Deployment's replicas as SCALE_MANAGER (see replicas_handover)."""
+        if replicas is None:
+            return
+        meta = obj["metadata"]
+        self.server_side_apply(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+                "spec": {"replicas": replicas},
+            },
+            manager=SCALE_MANAGER,
+        )
+
     # ----------------------------------------------------------------- Cluster
 
     def observe(self, res: AcceleratedModel) -> Observed:
         """List every child kind by label; keep those owned by this resource's uid."""
         ns, name, uid = namespace_of(res), res.metadata.name, res.metadata.uid
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_MODEL}={name}"
+        keda = self.keda_installed()
         objects: dict[str, dict[str, Manifest]] = {}
         for kind in CHILD_KINDS:
+            if kind == "ScaledObject" and not keda:
+                continue
             objects[kind] = {
                 obj["metadata"]["name"]: obj
                 for obj in self.list_objects(kind, ns, selector)
@@ -418,22 +527,47 @@ class KubeClient:
             claim_present = self.get("PersistentVolumeClaim", ns, claim) is not None
         providers: dict[str, tuple[str, ...]] = {}
         if self.read_provider is not None and objects["Deployment"]:
-            pods = self.list_objects(
-                "Pod", ns, f"{LABEL_MODEL}={name},{LABEL_COMPONENT}={Component.RUNTIME.value}"
-            )
+            runtime = {c.component.value for c in Chain}
+            pods = self.list_objects("Pod", ns, f"{LABEL_MODEL}={name}")
             providers = shard_providers(
-                (p for p in pods if owned_by_deployment(p, objects["Deployment"])),
+                (
+                    p
+                    for p in pods
+                    if (p["metadata"].get("labels") or {}).get(LABEL_COMPONENT) in runtime
+                    and owned_by_deployment(p, objects["Deployment"])
+                ),
                 lambda pod: _shard_of(name, pod),
                 self.read_provider,
             )
         return Observed(
-            objects=objects, messages=messages, claim_present=claim_present, providers=providers
+            objects=objects,
+            messages=messages,
+            claim_present=claim_present,
+            providers=providers,
+            keda=keda,
+            reports=self._rollout_reports(res),
+        )
+
+    def _rollout_reports(self, res: AcceleratedModel) -> tuple[RoutingReport, ...]:
+        """During a rollout: the counters of every shard-0 pod of the serving chain."""
+        state = res.status.rollout if res.status is not None else None
+        if self.read_report is None or state is None or not in_progress(state):
+            return ()
+        serving = Chain(state.candidate_chain).other
+        selector = (
+            f"{LABEL_INSTANCE}={res.metadata.name},"
+            f"{LABEL_COMPONENT}={serving.component.value},{LABEL_SHARD}=0"
+        )
+        return rollout_reports(
+            self.list_objects("Pod", namespace_of(res), selector), self.read_report
         )
 
     def apply(self, res: AcceleratedModel, plan: Plan, observed: Observed) -> ApplyResult:
         """Create absent children, re-apply drifted ones, delete the plan's orphans."""
         result = ApplyResult()
         uid = res.metadata.uid
+        scaling = res.spec.runtime.autoscaling
+        bounds = (scaling.min_replicas, scaling.max_replicas) if scaling else None
         for obj in plan.objects:
             desired = with_applied_hash(obj)
             kind, ns, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
@@ -445,10 +579,13 @@ class KubeClient:
                 if current is not None and not owned_by(current, uid):
                     raise ForeignObject(kind, name, res.metadata.name)
                 if current is None:
-                    self.server_side_apply(desired)
+                    created = self.server_side_apply(desired)
                     result.created.append(f"{kind}/{name}")
+                    self._scale(created, replicas_handover(desired, created, bounds))
                     continue
             if kind not in CREATE_ONLY and drifted(desired, current):
+                # Hand replicas over first: the apply below may drop the operator's claim.
+                self._scale(current, replicas_handover(desired, current, bounds))
                 self.server_side_apply(desired)
                 result.patched.append(f"{kind}/{name}")
         for kind, name in plan.delete:

@@ -5,9 +5,11 @@ status and the Events that mark transitions. Nothing here talks to the API serve
 the environment or the clock, so every case is a table-driven test.
 
 Lifecycle: Validated -> (artifacts PVC) -> Optimizing (ConfigMap + Job for the artifact
-id) -> Deploying (one Deployment + Service per shard, main Service, PDBs) -> Ready.
-The running shards are never rolled to an artifact whose Job did not succeed: while a
-new artifact is optimizing (or after it failed) the previous shards are left untouched.
+id) -> Deploying (one Deployment + Service per shard, main Service, PDBs, autoscalers) ->
+Ready. The running shards are never rolled to an artifact whose Job did not succeed: while
+a new artifact is optimizing (or after it failed) the previous shards are left untouched.
+With a shadow or canary rollout, a new artifact runs in the other chain beside the serving
+one until the rollout state machine (rollout.py) promotes it or rolls it back.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.conditions import aggregate_ready, get_condition, set_condition
-from kubeaccel_api.constants import LABEL_ARTIFACT, LABEL_COMPONENT
+from kubeaccel_api.constants import LABEL_ARTIFACT
 from kubeaccel_api.contract import contract_problems
+from kubeaccel_api.routing import Routing, RoutingMode, RoutingReport, merge_reports
 from kubeaccel_api.v1alpha1 import (
     AcceleratedModel,
     AcceleratedModelStatus,
@@ -31,26 +34,42 @@ from kubeaccel_api.v1alpha1 import (
     ConditionType,
     OptimizationStatus,
     Phase,
+    RolloutPhase,
+    RolloutStatus,
+    RolloutStrategy,
     ShardStatus,
 )
 from pydantic import ValidationError
 
+from kubeaccel_operator import rollout
+from kubeaccel_operator.chains import (
+    chain_artifact,
+    chain_deployments,
+    chain_failure,
+    chain_objects,
+    chain_ready,
+    held,
+    labels_of,
+    serving_chain,
+    shard_available,
+    shard_index,
+    template_hash,
+    wanted_replicas,
+)
 from kubeaccel_operator.errors import InvalidSpec
+from kubeaccel_operator.events import Event
 from kubeaccel_operator.manifests.common import (
-    ANNOTATION_SPEC_HASH,
-    Component,
+    Chain,
     Manifest,
     endpoint_url,
     existing_claim,
     job_name,
-    shard_name,
+    shard_url,
 )
-from kubeaccel_operator.manifests.configmap import build_spec_configmap
-from kubeaccel_operator.manifests.deployment import build_deployment
+from kubeaccel_operator.manifests.configmap import build_routing_configmap, build_spec_configmap
 from kubeaccel_operator.manifests.job import build_job
-from kubeaccel_operator.manifests.pdb import build_pdb
 from kubeaccel_operator.manifests.pvc import build_artifacts_pvc
-from kubeaccel_operator.manifests.service import build_main_service, build_shard_service
+from kubeaccel_operator.manifests.service import build_main_service
 
 if TYPE_CHECKING:
     from kubeaccel_operator.settings import Settings
@@ -63,23 +82,14 @@ CHILD_KINDS: tuple[str, ...] = (
     "Service",
     "Deployment",
     "PodDisruptionBudget",
+    "HorizontalPodAutoscaler",
+    "ScaledObject",
 )
 # Kinds whose observed objects the plan never deletes: a claim holds artifacts that
 # may still be serving; it goes away with the resource (owner reference) only.
 NEVER_DELETED = frozenset({"PersistentVolumeClaim"})
 MESSAGE_TAIL_LINES = 10
 MESSAGE_MAX_CHARS = 2000
-
-EventType = Literal["Normal", "Warning"]
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event to post on the resource."""
-
-    type: EventType
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,10 @@ class Observed:
     claim_present: bool | None = None
     # Shard name -> execution providers its ready pods report (empty: not probed).
     providers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Whether KEDA's ScaledObject API is served (autoscaling then uses it instead of an HPA).
+    keda: bool = False
+    # What the serving chain's shard-0 pods report on GET /v2/rollout during a rollout.
+    reports: tuple[RoutingReport, ...] = ()
 
     def of_kind(self, kind: str) -> Mapping[str, Manifest]:
         """Observed objects of one kind, by name."""
@@ -139,11 +153,6 @@ class Outcome:
 # --------------------------------------------------------------------------- helpers
 
 
-def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
-    labels: Mapping[str, str] = obj.get("metadata", {}).get("labels") or {}
-    return labels
-
-
 def job_condition(job: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | None:
     """The Job's condition `ctype` (Complete, Failed) when it is True, else None."""
     for cond in job.get("status", {}).get("conditions") or []:
@@ -186,26 +195,6 @@ def parse_summary(message: str, artifact: str) -> tuple[OptimizationStatus, str 
     return summary, None
 
 
-def _runtime_deployments(observed: Observed) -> dict[str, Manifest]:
-    return {
-        name: obj
-        for name, obj in observed.of_kind("Deployment").items()
-        if _labels(obj).get(LABEL_COMPONENT) == Component.RUNTIME.value
-    }
-
-
-def serving_artifact(res: AcceleratedModel, observed: Observed) -> str | None:
-    """The artifact the running shards serve (shard 0 decides while a roll is half done)."""
-    deployments = _runtime_deployments(observed)
-    first = deployments.get(shard_name(res.metadata.name, 0))
-    candidates = [first] if first is not None else list(deployments.values())
-    for obj in candidates:
-        artifact = _labels(obj).get(LABEL_ARTIFACT)
-        if artifact:
-            return artifact
-    return None
-
-
 def optimization_outcome(
     res: AcceleratedModel, artifact: str, observed: Observed, old: AcceleratedModelStatus
 ) -> Outcome:
@@ -221,7 +210,7 @@ def optimization_outcome(
         return recorded
     name = job_name(res.metadata.name, artifact)
     job = observed.get("Job", name)
-    if job is not None and _labels(job).get(LABEL_ARTIFACT) == artifact:
+    if job is not None and labels_of(job).get(LABEL_ARTIFACT) == artifact:
         message = observed.messages.get(name, "")
         if job_condition(job, "Complete") is not None:
             summary, problem = parse_summary(message, artifact)
@@ -245,7 +234,9 @@ def optimization_outcome(
         reason = "JobRunning" if active else "JobPending"
         return Outcome(JobState.RUNNING, reason, f"Job {name} is optimizing artifact {artifact}")
     if any(
-        _labels(d).get(LABEL_ARTIFACT) == artifact for d in _runtime_deployments(observed).values()
+        labels_of(d).get(LABEL_ARTIFACT) == artifact
+        for chain in Chain
+        for d in chain_deployments(observed, chain).values()
     ):
         summary = OptimizationStatus(artifact_id=artifact)
         return Outcome(JobState.SUCCEEDED, "Optimized", _success_message(summary), summary)
@@ -283,31 +274,6 @@ def _success_message(summary: OptimizationStatus) -> str:
     if summary.size_ratio is not None:
         parts.append(f"size ratio {summary.size_ratio:.2f}")
     return ", ".join(parts)
-
-
-def shard_available(
-    observed: Manifest | None, desired: Manifest | None, artifact: str, replicas: int
-) -> tuple[bool, int]:
-    """Whether a shard serves `artifact` with every replica available, and how many are."""
-    if observed is None:
-        return False, 0
-    status = observed.get("status") or {}
-    available = int(status.get("availableReplicas") or 0)
-    if _labels(observed).get(LABEL_ARTIFACT) != artifact:
-        return False, available
-    if desired is not None and _template_hash(observed) != _template_hash(desired):
-        return False, available  # this reconcile rolls it
-    generation = observed.get("metadata", {}).get("generation") or 0
-    if int(status.get("observedGeneration") or 0) < int(generation):
-        return False, available
-    updated = int(status.get("updatedReplicas") or 0)
-    return replicas > 0 and updated >= replicas and available >= replicas, available
-
-
-def _template_hash(deployment: Mapping[str, Any]) -> str | None:
-    template = deployment.get("spec", {}).get("template", {})
-    annotations: Mapping[str, str] = template.get("metadata", {}).get("annotations") or {}
-    return annotations.get(ANNOTATION_SPEC_HASH)
 
 
 def needs_job_message(res: AcceleratedModel, artifact: str) -> bool:
@@ -365,16 +331,13 @@ def reconcile(res: AcceleratedModel, observed: Observed, cfg: Settings, now: dat
     elif observed.get("Job", job) is not None:
         keep.add(("Job", job))  # finished: its TTL removes it, logs stay readable until then
 
-    serving = serving_artifact(res, observed)
-    desired_deployments: dict[str, Manifest] = {}
-    if outcome.state is JobState.SUCCEEDED:
-        serving = artifact
-        serving_objects, desired_deployments = _serving_children(res, artifact, cfg)
-        desired += serving_objects
-    elif serving is not None:
-        # Hold: the previous artifact keeps serving exactly as it runs now.
-        for kind in ("Deployment", "Service", "PodDisruptionBudget"):
-            keep.update((kind, n) for n in observed.of_kind(kind))
+    out = deliver(res, observed, cfg, now, artifact, outcome, old.rollout)
+    desired += out.objects
+    if res.spec.rollout.strategy is not RolloutStrategy.REPLACE or out.rollout is not None:
+        # Shard-0 pods mount it (optional): present from the start, the kubelet only ever
+        # has to update it in place.
+        desired.append(build_routing_configmap(res, out.routing))
+    keep |= out.keep
 
     desired.sort(key=lambda obj: CHILD_KINDS.index(obj["kind"]))
     wanted = {(obj["kind"], obj["metadata"]["name"]) for obj in desired} | keep
@@ -385,7 +348,7 @@ def reconcile(res: AcceleratedModel, observed: Observed, cfg: Settings, now: dat
         for n in sorted(observed.of_kind(kind))
         if (kind, n) not in wanted
     )
-    shard_states, ready_count = _shard_statuses(serving, desired_deployments, observed)
+    shard_states, ready_count = _shard_statuses(out, observed)
     all_ready = bool(shard_states) and ready_count == len(shard_states)
 
     conds = set_condition(
@@ -394,66 +357,210 @@ def reconcile(res: AcceleratedModel, observed: Observed, cfg: Settings, now: dat
         now,
     )
     conds = set_condition(conds, _optimized_condition(outcome, gen), now)
-    conds = set_condition(conds, _deployed_condition(outcome, serving, artifact, shards, gen), now)
+    conds = set_condition(conds, _deployed_condition(outcome, out, artifact, shards, gen), now)
     conds = set_condition(
         conds, aggregate_ready(conds, shards_available=all_ready, generation=gen), now
     )
+    degraded = _degraded_condition(res, out, artifact, gen)
+    if degraded is not None:
+        conds = set_condition(conds, degraded, now)
+    else:
+        conds = [c for c in conds if c.type is not ConditionType.DEGRADED]
 
-    phase = _phase(outcome, all_ready, old, serving, artifact, desired_deployments, observed)
+    rolled_back = _rolled_back(out, artifact)
+    if rollout.in_progress(out.rollout):
+        phase = Phase.ROLLING_OUT
+    elif rolled_back:
+        phase = Phase.DEGRADED
+    else:
+        phase = _phase(outcome, all_ready, old, out.serving, artifact, out.deployments, observed)
     summary = outcome.summary if outcome.state is JobState.SUCCEEDED else old.optimization
-    events = list(outcome.warnings)
-    events += _transition_events(old, phase, outcome, artifact, job, shards, ready_count, res)
+    events = [*outcome.warnings, *out.events]
+    events += _transition_events(
+        old, phase, outcome, artifact, job, shards, ready_count, res, rolled_back
+    )
     status = AcceleratedModelStatus(
         phase=phase,
         observed_generation=gen,
         conditions=_ordered(conds),
         artifact_id=artifact,
-        deployed_artifact_id=serving,
+        deployed_artifact_id=out.serving,
         optimization=summary,
         shards=shard_states or None,
         ready_shards=f"{ready_count}/{len(shard_states)}" if shard_states else None,
-        endpoint=endpoint_url(res) if serving is not None else None,
+        endpoint=endpoint_url(res) if out.serving is not None else None,
         message=events[-1].message if events else old.message,
+        rollout=out.rollout,
     )
     waiting = outcome.message if outcome.state is JobState.WAITING else None
     return Plan(tuple(desired), delete, status, tuple(events), waiting)
 
 
-def _serving_children(
-    res: AcceleratedModel, artifact: str, cfg: Settings
-) -> tuple[list[Manifest], dict[str, Manifest]]:
-    """Per shard a Service, a Deployment and maybe a PDB, plus the main Service."""
-    objects: list[Manifest] = []
-    deployments: dict[str, Manifest] = {}
-    for i in range(res.spec.optimization.partition.shards):
-        deployment = build_deployment(res, i, artifact, cfg)
-        deployments[shard_name(res.metadata.name, i)] = deployment
-        objects += [build_shard_service(res, i), deployment]
-        pdb = build_pdb(res, i)
-        if pdb is not None:
-            objects.append(pdb)
-    objects.append(build_main_service(res))
-    return objects, deployments
+# --------------------------------------------------------------------------- delivery
 
 
-def _shard_statuses(
-    serving: str | None, desired: Mapping[str, Manifest], observed: Observed
-) -> tuple[list[ShardStatus], int]:
-    """Per-shard status (desired shards when rolling forward, observed ones when holding)."""
-    if serving is None:
+@dataclass(frozen=True)
+class Delivery:
+    """What serves after this reconcile: chain objects, the rollout, shard 0's routing."""
+
+    objects: list[Manifest]
+    # Observed objects kept exactly as they run (the serving chain during a rollout).
+    keep: set[tuple[str, str]]
+    # Desired Deployments of the serving chain (empty while it is held as it runs).
+    deployments: dict[str, Manifest]
+    serving: str | None
+    chain: Chain | None
+    rollout: RolloutStatus | None
+    routing: Routing
+    events: tuple[Event, ...] = ()
+
+
+def deliver(
+    res: AcceleratedModel,
+    observed: Observed,
+    cfg: Settings,
+    now: datetime,
+    artifact: str,
+    outcome: Outcome,
+    state: RolloutStatus | None,
+) -> Delivery:
+    """Which chain serves which artifact, and where a shadow/canary rollout stands."""
+    chain = serving_chain(res, observed)
+    serving = chain_artifact(res, observed, chain) if chain is not None else None
+    if outcome.state is not JobState.SUCCEEDED:
+        # Hold: the previous artifact (if any) keeps serving exactly as it runs now.
+        state, events = _stop_unfinished(state, artifact, res)
+        if chain is None:
+            return Delivery([], set(), {}, None, None, state, Routing(), events)
+        kept = held(observed, chain) | {("Service", res.metadata.name)}
+        off = Routing(chain=chain.value)
+        return Delivery([], kept, {}, serving, chain, state, off, events)
+    strategy = res.spec.rollout.strategy
+    if (
+        strategy is RolloutStrategy.REPLACE
+        or chain is None
+        or serving is None
+        or serving == artifact
+    ):
+        # Replace (or a first deploy, or nothing new): the serving chain rolls in place.
+        target = chain or Chain.A
+        objects, deployments = chain_objects(res, artifact, cfg, target, observed.keda)
+        state, events = _stop_unfinished(state, artifact, res)
+        objects.append(build_main_service(res, target))
+        off = Routing(chain=target.value)
+        return Delivery(objects, set(), deployments, artifact, target, state, off, events)
+    return _roll_out(res, observed, cfg, now, artifact, state, chain, serving)
+
+
+def _roll_out(
+    res: AcceleratedModel,
+    observed: Observed,
+    cfg: Settings,
+    now: datetime,
+    artifact: str,
+    state: RolloutStatus | None,
+    chain: Chain,
+    serving: str,
+) -> Delivery:
+    """Shadow/canary: the candidate runs in the other chain until its verdict."""
+    gen = res.metadata.generation or 0
+    spec = res.spec.rollout
+    events: list[Event] = []
+    if state is None or _starts_anew(state, artifact, gen, chain):
+        step = rollout.begin(spec.strategy, artifact, serving, chain.other.value, gen, now)
+        state, events = step.state, list(step.events)
+    candidate = Chain(state.candidate_chain)
+    objects, deployments = chain_objects(res, artifact, cfg, candidate, observed.keda)
+    if rollout.in_progress(state):
+        seen = rollout.Observation(
+            candidate_ready=chain_ready(deployments, observed, artifact),
+            candidate_failure=chain_failure(deployments, observed),
+            report=merge_reports(observed.reports, rollout.routing_id(state)),
+        )
+        step = rollout.advance(state, seen, spec, res.spec.comparison_budget, now)
+        state = step.state
+        events += step.events
+    if state.phase is RolloutPhase.PROMOTED:
+        objects.append(build_main_service(res, candidate))
+        routing = Routing(chain=candidate.value)
+        return Delivery(
+            objects, set(), deployments, artifact, candidate, state, routing, tuple(events)
+        )
+    main = build_main_service(res, chain)
+    kept = held(observed, chain)
+    if state.phase is RolloutPhase.ROLLED_BACK:
+        off = Routing(chain=chain.value)
+        return Delivery([main], kept, {}, serving, chain, state, off, tuple(events))
+    mode, percent = rollout.routing_of(state)
+    routing = Routing(
+        id=rollout.routing_id(state),
+        mode=mode,
+        chain=chain.value,
+        candidate_url=shard_url(res, 0, candidate) if mode is not RoutingMode.OFF else None,
+        percent=percent,
+    )
+    return Delivery([main, *objects], kept, {}, serving, chain, state, routing, tuple(events))
+
+
+def _starts_anew(state: RolloutStatus, artifact: str, generation: int, chain: Chain) -> bool:
+    """Whether the recorded rollout is not the one to continue for `artifact`.
+
+    A rolled-back candidate is not retried until the spec changes (a new generation).
+    """
+    if state.candidate_artifact_id != artifact or state.candidate_chain != chain.other.value:
+        return True
+    if state.phase is RolloutPhase.PROMOTED:
+        return True
+    return state.phase is RolloutPhase.ROLLED_BACK and generation > state.generation
+
+
+def _stop_unfinished(
+    state: RolloutStatus | None, artifact: str, res: AcceleratedModel
+) -> tuple[RolloutStatus | None, tuple[Event, ...]]:
+    """A rollout still running when the spec no longer asks for it stops (its candidate goes)."""
+    if not rollout.in_progress(state):
+        return state, ()
+    assert state is not None
+    strategy = res.spec.rollout.strategy.value
+    text = (
+        f"rollout of artifact {state.candidate_artifact_id} stopped: the spec now asks for "
+        f"artifact {artifact} with strategy {strategy}"
+    )
+    return None, (Event("Normal", "RolloutStopped", text),)
+
+
+def _rolled_back(out: Delivery, artifact: str) -> bool:
+    """Whether the spec's artifact was rolled back and another one serves."""
+    state = out.rollout
+    return (
+        state is not None
+        and state.phase is RolloutPhase.ROLLED_BACK
+        and state.candidate_artifact_id == artifact
+        and out.serving != artifact
+    )
+
+
+def _shard_statuses(out: Delivery, observed: Observed) -> tuple[list[ShardStatus], int]:
+    """Per-shard status of the serving chain (desired when rolling forward, else observed)."""
+    if out.serving is None or out.chain is None:
         return [], 0
-    names = list(desired) or sorted(_runtime_deployments(observed), key=_shard_index)
+    names = list(out.deployments) or [
+        n
+        for n, _ in sorted(
+            chain_deployments(observed, out.chain).items(), key=lambda kv: shard_index(kv[1])
+        )
+    ]
     states: list[ShardStatus] = []
     ready_count = 0
     for n in names:
-        want = desired.get(n)
+        want = out.deployments.get(n)
         seen = observed.get("Deployment", n)
-        replicas = _replicas(want if want is not None else seen)
-        ready, available = shard_available(seen, want, serving, replicas)
+        replicas = wanted_replicas(want, seen)
+        ready, available = shard_available(seen, want, out.serving, replicas)
         ready_count += ready
         states.append(
             ShardStatus(
-                index=_shard_index(n),
+                index=shard_index(want if want is not None else seen or {}),
                 deployment=n,
                 service=n,
                 replicas=replicas,
@@ -462,17 +569,6 @@ def _shard_statuses(
             )
         )
     return states, ready_count
-
-
-def _shard_index(name: str) -> int:
-    tail = name.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
-
-
-def _replicas(deployment: Mapping[str, Any] | None) -> int:
-    if deployment is None:
-        return 0
-    return int(deployment.get("spec", {}).get("replicas") or 0)
 
 
 def _cond(
@@ -492,10 +588,11 @@ def _optimized_condition(outcome: Outcome, gen: int | None) -> Condition:
 
 
 def _deployed_condition(
-    outcome: Outcome, serving: str | None, artifact: str, shards: int, gen: int | None
+    outcome: Outcome, out: Delivery, artifact: str, shards: int, gen: int | None
 ) -> Condition:
     failed = outcome.state is JobState.FAILED
-    if outcome.state is JobState.SUCCEEDED:
+    serving, state = out.serving, out.rollout
+    if outcome.state is JobState.SUCCEEDED and serving == artifact:
         return _cond(
             ConditionType.DEPLOYED,
             ConditionStatus.TRUE,
@@ -503,6 +600,17 @@ def _deployed_condition(
             f"{shards} shard(s) of artifact {artifact}",
             gen,
         )
+    if outcome.state is JobState.SUCCEEDED and state is not None and rollout.in_progress(state):
+        message = (
+            f"artifact {serving} serves while candidate {artifact} is checked: {state.message}"
+        )
+        return _cond(ConditionType.DEPLOYED, ConditionStatus.UNKNOWN, "RollingOut", message, gen)
+    if _rolled_back(out, artifact) and state is not None:
+        message = (
+            f"artifact {serving} keeps serving; candidate {artifact} was rolled back "
+            f"({state.verdict}): {state.message}"
+        )
+        return _cond(ConditionType.DEPLOYED, ConditionStatus.FALSE, "RolledBack", message, gen)
     status = ConditionStatus.FALSE if failed else ConditionStatus.UNKNOWN
     if serving is not None:
         message = f"artifact {serving} keeps serving; artifact {artifact} " + (
@@ -511,6 +619,22 @@ def _deployed_condition(
         return _cond(ConditionType.DEPLOYED, status, "ServingPreviousArtifact", message, gen)
     reason = "NoArtifact" if failed else "WaitingForArtifact"
     return _cond(ConditionType.DEPLOYED, status, reason, f"artifact {artifact} is not ready", gen)
+
+
+def _degraded_condition(
+    res: AcceleratedModel, out: Delivery, artifact: str, gen: int | None
+) -> Condition | None:
+    """Degraded (shadow/canary, or once a rollout happened): True while rolled back."""
+    if res.spec.rollout.strategy is RolloutStrategy.REPLACE and out.rollout is None:
+        return None
+    state = out.rollout
+    if _rolled_back(out, artifact) and state is not None:
+        message = f"artifact {artifact} was rolled back and {out.serving} serves: {state.message}"
+        reason = state.verdict or "RolledBack"
+        return _cond(ConditionType.DEGRADED, ConditionStatus.TRUE, reason, message, gen)
+    return _cond(
+        ConditionType.DEGRADED, ConditionStatus.FALSE, "NoRollback", "no rollback in effect", gen
+    )
 
 
 def _phase(
@@ -530,7 +654,7 @@ def _phase(
         return Phase.READY
     # A changed pod template is a roll in progress; a missing Deployment is a loss.
     rolling = any(
-        seen is not None and _template_hash(want) != _template_hash(seen)
+        seen is not None and template_hash(want) != template_hash(seen)
         for n, want in desired_deployments.items()
         for seen in [observed.get("Deployment", n)]
     )
@@ -549,6 +673,7 @@ def _transition_events(
     shards: int,
     ready_count: int,
     res: AcceleratedModel,
+    rolled_back: bool,
 ) -> list[Event]:
     events: list[Event] = []
     old_optimized = get_condition(old.conditions, ConditionType.OPTIMIZED)
@@ -575,7 +700,7 @@ def _transition_events(
         )
     elif phase is Phase.READY:
         events.append(Event("Normal", "Ready", f"{shards} shard(s) serving at {endpoint_url(res)}"))
-    elif phase is Phase.DEGRADED:
+    elif phase is Phase.DEGRADED and not rolled_back:  # a rollback posts its own Event
         events.append(Event("Warning", "Degraded", f"{ready_count}/{shards} shard(s) available"))
     elif phase is Phase.FAILED:
         events.append(Event("Warning", outcome.reason, outcome.message))

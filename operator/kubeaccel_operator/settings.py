@@ -90,6 +90,17 @@ class Settings(BaseModel):
         ge=0,
         description="Seconds between full re-checks of every resource (0: only on events).",
     )
+    pod_probes: str = Field(
+        default="auto",
+        pattern=r"^(auto|on|off)$",
+        description="Read shard pods over HTTP (execution provider, rollout counters): auto = "
+        "only when the operator runs in the cluster, on = always, off = never.",
+    )
+    rollout_poll_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between re-checks of a resource whose rollout awaits its verdict.",
+    )
     retry_delay: float = Field(
         default=15.0, gt=0, description="Seconds before retrying after a temporary error."
     )

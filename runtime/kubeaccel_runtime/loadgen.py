@@ -10,14 +10,12 @@ redirects). Loopback only by design of its callers; every loop is bounded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -28,6 +26,7 @@ from kubeaccel_runtime.client import (
     decode_response,
     encode_request,
 )
+from kubeaccel_runtime.rawhttp import RawConnection, raw_http_request
 
 Engine = Literal["raw", "httpx"]
 
@@ -128,73 +127,6 @@ class _Budget:
         return True
 
 
-class _RawConnection:
-    """One keep-alive HTTP/1.1 connection sending one fixed request."""
-
-    def __init__(self, host: str, port: int, request: bytes, timeout: float) -> None:
-        self.host, self.port, self.request, self.timeout = host, port, request, timeout
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def send(self) -> tuple[int, dict[str, str], bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        self.writer.write(self.request)
-        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), self.timeout)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                k, v = line.split(":", 1)
-                headers[k.strip().lower()] = v.strip()
-        if "content-length" in headers:
-            body = await asyncio.wait_for(
-                self.reader.readexactly(int(headers["content-length"])), self.timeout
-            )
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            body = await asyncio.wait_for(self._chunked(), self.timeout)
-        else:
-            body = await asyncio.wait_for(self.reader.read(), self.timeout)
-            await self.close()
-        if headers.get("connection", "").lower() == "close":
-            await self.close()
-        return status, headers, body
-
-    async def _chunked(self) -> bytes:
-        assert self.reader is not None
-        parts: list[bytes] = []
-        while True:
-            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            chunk = await self.reader.readexactly(size + 2)
-            if size == 0:
-                return b"".join(parts)
-            parts.append(chunk[:-2])
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(OSError, ConnectionError):
-                await self.writer.wait_closed()
-        self.reader = self.writer = None
-
-
-def raw_http_request(
-    url: str, model: str, body: bytes, headers: Mapping[str, str]
-) -> tuple[str, int, bytes]:
-    """(host, port, bytes) of a complete HTTP/1.1 keep-alive infer request for `model`."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"the raw engine needs an http:// URL, got {url!r}")
-    port = parts.port or 80
-    path = f"{parts.path.rstrip('/')}/v2/models/{model}/infer"
-    lines = [f"POST {path} HTTP/1.1", f"Host: {parts.hostname}:{port}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    lines += [f"Content-Length: {len(body)}", "", ""]
-    return parts.hostname, port, "\r\n".join(lines).encode() + body
-
-
 def _rows(spec: LoadSpec) -> int:
     first = next(iter(spec.inputs.values()))
     return int(first.shape[0]) if first.ndim else 1
@@ -209,7 +141,7 @@ async def run_load(spec: LoadSpec) -> LoadResult:
     if spec.engine == "raw":
         host, port, request = raw_http_request(spec.url, spec.model, body, headers)
         conns = [
-            _RawConnection(host, port, request, spec.timeout_s) for _ in range(spec.concurrency)
+            RawConnection(host, port, request, spec.timeout_s) for _ in range(spec.concurrency)
         ]
 
         async def call(i: int) -> tuple[int, dict[str, str], bytes]:

@@ -131,3 +131,41 @@ def test_the_contract_read_from_the_model_fits_in_status() -> None:
     )
     assert status.contract is not None and status.contract.inputs[0].shape == [-1, 4]
     assert status.to_wire()["contract"]["outputs"][0]["name"] == "logits"
+
+
+def test_rollout_defaults_to_replace_and_shadow_compares_with_the_optimizer_budget() -> None:
+    spec = AcceleratedModelSpec.model_validate(MINIMAL)
+    assert spec.rollout.strategy.value == "replace"
+    shadow = AcceleratedModelSpec.model_validate(
+        {
+            **MINIMAL,
+            "optimization": {"accuracyBudget": {"minTop1Agreement": 0.9}},
+            "rollout": {"strategy": "shadow"},
+        }
+    )
+    assert shadow.comparison_budget.min_top1_agreement == 0.9
+    assert shadow.rollout.shadow_settings.mirror_percent == 10.0
+    own = AcceleratedModelSpec.model_validate(
+        {
+            **MINIMAL,
+            "optimization": {"accuracyBudget": {"minTop1Agreement": 0.9}},
+            "rollout": {"strategy": "shadow", "budget": {"maxAbsDiff": 0.1}},
+        }
+    )
+    assert own.comparison_budget.max_abs_diff == 0.1
+    assert own.comparison_budget.min_top1_agreement is None  # replaces, does not merge
+    canary = AcceleratedModelSpec.model_validate({**MINIMAL, "rollout": {"strategy": "canary"}})
+    assert canary.rollout.canary_settings.steps == [10, 50]
+
+
+def test_autoscaling_is_absent_unless_asked_for() -> None:
+    spec = AcceleratedModelSpec.model_validate(MINIMAL)
+    assert spec.runtime.autoscaling is None
+    scaled = AcceleratedModelSpec.model_validate(
+        {**MINIMAL, "runtime": {"resources": {"cpu": "1"}, "autoscaling": {"maxReplicas": 3}}}
+    )
+    assert scaled.runtime.autoscaling is not None
+    assert (
+        scaled.runtime.autoscaling.min_replicas,
+        scaled.runtime.autoscaling.target.cpu_utilization,
+    ) == (1, 70)

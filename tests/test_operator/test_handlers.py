@@ -291,3 +291,27 @@ def test_a_contract_edit_that_contradicts_the_model_fails_and_leaves_the_shards_
     assert patch["status"]["optimization"]["contract"] == recorded  # the record stays
     assert fake.applied == []
     assert [(e[1], e[2]) for e in events] == [("Warning", "ContractMismatch")]
+
+
+def test_resources_rolling_out_are_remembered_for_the_poll_until_their_verdict() -> None:
+    from datetime import UTC, datetime
+
+    from kubeaccel_api.v1alpha1 import AcceleratedModelStatus, RolloutStatus
+
+    rollout = RolloutStatus(
+        strategy="shadow",
+        phase="Shadowing",
+        candidate_artifact_id="c",
+        baseline_artifact_id="b",
+        candidate_chain="b",
+        generation=1,
+        started_at=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+    key = (NS, "rolling")
+    handlers._track_rollout(key, handlers.Result(AcceleratedModelStatus(rollout=rollout)))
+    assert key in handlers.rolling_out()
+    handlers._track_rollout(key, handlers.Result(None))  # no status written: no news
+    assert key in handlers.rolling_out()
+    done = rollout.model_copy(update={"phase": "Promoted"})
+    handlers._track_rollout(key, handlers.Result(AcceleratedModelStatus(rollout=done)))
+    assert key not in handlers.rolling_out()

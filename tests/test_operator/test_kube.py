@@ -353,3 +353,84 @@ def test_events_are_posted_and_resources_listed_per_namespace_or_cluster_wide(
     assert [m["metadata"]["name"] for m in cluster.client.list_models([NS])] == [NAME]
     assert [m["metadata"]["name"] for m in cluster.client.list_models([])] == [NAME]
     assert cluster.client.list_models(["elsewhere"]) == []
+
+
+# --------------------------------------------------------------------------- autoscaling
+
+
+def _deployment(replicas: int | None, owners: list[str]) -> dict[str, Any]:
+    spec = {} if replicas is None else {"replicas": replicas}
+    managed = [
+        {"manager": m, "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+        for m in owners
+    ]
+    return {"kind": "Deployment", "metadata": {"managedFields": managed}, "spec": spec}
+
+
+AUTOSCALED = {"kind": "Deployment", "spec": {"template": {}}}
+
+
+@pytest.mark.parametrize(
+    ("live", "owners", "bounds", "expected"),
+    [
+        (None, [], (2, 5), 2),  # just created: defaulted to 1, raised to minReplicas
+        (3, [kube.FIELD_MANAGER], (2, 5), 3),  # autoscaling just turned on: keep the count
+        (9, [kube.FIELD_MANAGER], (2, 5), 5),  # ... clamped into the new bounds
+        (3, ["horizontal-pod-autoscaler"], (2, 5), None),  # the autoscaler owns it: hands off
+        (1, [], (1, 5), None),
+        (3, [kube.FIELD_MANAGER], None, None),  # not autoscaled
+    ],
+)
+def test_replicas_are_handed_to_the_autoscaler_without_dropping_to_one(
+    live: int | None, owners: list[str], bounds: tuple[int, int] | None, expected: int | None
+) -> None:
+    assert kube.replicas_handover(AUTOSCALED, _deployment(live, owners), bounds) == expected
+
+
+def test_a_desired_replica_count_is_never_handed_over() -> None:
+    fixed = {"kind": "Deployment", "spec": {"replicas": 2}}
+    assert kube.replicas_handover(fixed, _deployment(3, [kube.FIELD_MANAGER]), (1, 5)) is None
+
+
+def test_field_ownership_is_read_from_managed_fields() -> None:
+    obj = _deployment(3, ["a"])
+    assert kube.owns_field(obj, "a", ("spec", "replicas"))
+    assert not kube.owns_field(obj, "b", ("spec", "replicas"))
+    assert not kube.owns_field(obj, "a", ("spec", "template"))
+
+
+def test_an_autoscaled_shard_starts_at_min_replicas_with_an_hpa_and_no_keda(cluster: Live) -> None:
+    client, api, uid = cluster.client, cluster.api, cluster.uid
+    spec = {
+        "runtime": {"resources": {"cpu": "1"}, "autoscaling": {"minReplicas": 3, "maxReplicas": 6}}
+    }
+    res = model(spec, uid=uid)
+    assert client.keda_installed() is False
+    artifact = aid(spec)
+    # Optimized already (recorded in status): the shards are created straight away.
+    res = model(spec, uid=uid, status={"optimization": {"artifactId": artifact}})
+    plan, seen = _plan(res, client)
+    client.apply(res, plan, seen)
+    deployment = api.get("Deployment", NS, f"{NAME}-shard-0")
+    assert deployment is not None and deployment["spec"]["replicas"] == 3
+    hpas = {o["metadata"]["name"] for o in client.list_objects("HorizontalPodAutoscaler", NS, "")}
+    assert hpas == {f"{NAME}-shard-0"}
+    plan, seen = _plan(res, client)
+    assert not client.apply(res, plan, seen).changed
+
+
+@pytest.mark.parametrize(
+    ("labels", "shard"),
+    [
+        ({"app.kubernetes.io/component": "runtime", "kubeaccel.io/shard": "1"}, f"{NAME}-shard-1"),
+        (
+            {"app.kubernetes.io/component": "runtime-b", "kubeaccel.io/shard": "0"},
+            f"{NAME}-b-shard-0",
+        ),
+        ({"app.kubernetes.io/component": "optimizer"}, None),
+    ],
+)
+def test_a_pod_maps_to_the_shard_of_its_own_chain(
+    labels: dict[str, str], shard: str | None
+) -> None:
+    assert kube._shard_of(NAME, {"metadata": {"labels": labels}}) == shard

@@ -104,17 +104,32 @@ CO_LOCATE = {
         "requiredDuringSchedulingIgnoredDuringExecution": [
             {
                 "topologyKey": "kubernetes.io/hostname",
+                # Both chains: a candidate chain must land on the node holding the claim.
                 "labelSelector": {
-                    "matchLabels": {
-                        "app.kubernetes.io/name": "kubeaccel",
-                        "app.kubernetes.io/instance": NAME,
-                        "app.kubernetes.io/component": "runtime",
-                    }
+                    "matchExpressions": [
+                        {
+                            "key": "app.kubernetes.io/name",
+                            "operator": "In",
+                            "values": ["kubeaccel"],
+                        },
+                        {"key": "app.kubernetes.io/instance", "operator": "In", "values": [NAME]},
+                        {
+                            "key": "app.kubernetes.io/component",
+                            "operator": "In",
+                            "values": ["runtime", "runtime-b"],
+                        },
+                    ]
                 },
             }
         ]
     }
 }
+ROUTING_ENV = [
+    {"name": "KUBEACCEL_ROUTING_FILE", "value": "/etc/kubeaccel/routing/routing.json"},
+    {"name": "KUBEACCEL_CHAIN", "value": "a"},
+]
+ROUTING_MOUNT = {"name": "routing", "mountPath": "/etc/kubeaccel/routing", "readOnly": True}
+ROUTING_VOLUME = {"name": "routing", "configMap": {"name": f"{NAME}-routing", "optional": True}}
 
 
 def expected_deployment(
@@ -163,6 +178,7 @@ def expected_deployment(
                     {"name": "KUBEACCEL_SPEC", "value": SpecJson(spec)},
                     {"name": "HOME", "value": "/tmp"},
                     {"name": "TMPDIR", "value": "/tmp"},
+                    *(ROUTING_ENV if shard == 0 else []),
                 ],
                 "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
                 "startupProbe": probe("/v2/health/live", 5, 120),
@@ -179,6 +195,7 @@ def expected_deployment(
                         "readOnly": True,
                     },
                     {"name": "tmp", "mountPath": "/tmp"},
+                    *([ROUTING_MOUNT] if shard == 0 else []),
                 ],
             }
         ],
@@ -188,6 +205,7 @@ def expected_deployment(
                 "persistentVolumeClaim": {"claimName": f"{NAME}-artifacts", "readOnly": True},
             },
             {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+            *([ROUTING_VOLUME] if shard == 0 else []),
         ],
         **(placement if placement is not None else {"affinity": CO_LOCATE}),
     }

@@ -48,7 +48,8 @@ or deleted by hand triggers a reconcile of its owner at once.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# The Job's pod: its termination message carries the optimization summary.
+# The Job's pod: its termination message carries the optimization summary. During a
+# shadow/canary rollout, the serving chain's shard-0 pods (their IPs, to read their counters).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
@@ -63,4 +64,12 @@ or deleted by hand triggers a reconcile of its owner at once.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# spec.runtime.autoscaling: an HPA per shard (not watched: it rewrites its status every
+# 15 s), or a KEDA ScaledObject where KEDA is installed (found through API discovery).
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "create", "patch", "delete"]
+- apiGroups: ["keda.sh"]
+  resources: ["scaledobjects"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 {{- end }}

@@ -51,7 +51,37 @@ class Component(StrEnum):
     ARTIFACTS = "artifacts"
     OPTIMIZER = "optimizer"
     RUNTIME = "runtime"
+    # Chain b's pods: a different component keeps the two chains' selectors disjoint
+    # (chain a's Deployment selectors predate chains and are immutable).
+    RUNTIME_B = "runtime-b"
     ENDPOINT = "endpoint"
+    ROUTING = "routing"
+
+
+class Chain(StrEnum):
+    """One of the two slots a pipeline of shards runs in.
+
+    The serving chain is in one slot; a shadow or canary candidate runs in the other, and a
+    promotion just points the main Service at it. Chain a keeps the original names.
+    """
+
+    A = "a"
+    B = "b"
+
+    @property
+    def other(self) -> Chain:
+        """The other slot."""
+        return Chain.B if self is Chain.A else Chain.A
+
+    @property
+    def component(self) -> Component:
+        """app.kubernetes.io/component of this chain's pods."""
+        return Component.RUNTIME if self is Chain.A else Component.RUNTIME_B
+
+
+def chain_of_component(component: str | None) -> Chain | None:
+    """The chain whose pods carry this component label, if any."""
+    return next((c for c in Chain if c.component.value == component), None)
 
 
 def _name(*parts: str) -> str:
@@ -77,9 +107,16 @@ def job_name(model: str, artifact: str) -> str:
     return _name(model, "opt", artifact[:ARTIFACT_PREFIX_LENGTH])
 
 
-def shard_name(model: str, index: int) -> str:
-    """Deployment, Service and PodDisruptionBudget of one shard."""
-    return _name(model, "shard", str(index))
+def shard_name(model: str, index: int, chain: Chain = Chain.A) -> str:
+    """Deployment, Service, PodDisruptionBudget and autoscaler of one shard of a chain."""
+    if chain is Chain.A:
+        return _name(model, "shard", str(index))
+    return _name(model, chain.value, "shard", str(index))
+
+
+def routing_configmap_name(model: str) -> str:
+    """ConfigMap with the shadow/canary routing shard 0 of the serving chain applies."""
+    return _name(model, "routing")
 
 
 def namespace_of(res: AcceleratedModel) -> str:
@@ -87,9 +124,10 @@ def namespace_of(res: AcceleratedModel) -> str:
     return res.metadata.namespace or "default"
 
 
-def shard_url(res: AcceleratedModel, index: int) -> str:
-    """In-cluster base URL of shard `index`'s Service."""
-    return f"http://{shard_name(res.metadata.name, index)}.{namespace_of(res)}.svc:{RUNTIME_PORT}"
+def shard_url(res: AcceleratedModel, index: int, chain: Chain = Chain.A) -> str:
+    """In-cluster base URL of shard `index`'s Service in `chain`."""
+    name = shard_name(res.metadata.name, index, chain)
+    return f"http://{name}.{namespace_of(res)}.svc:{RUNTIME_PORT}"
 
 
 def endpoint_url(res: AcceleratedModel) -> str:

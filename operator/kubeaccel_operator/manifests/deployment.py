@@ -11,13 +11,14 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from kubeaccel_api.constants import RUNTIME_PORT
+from kubeaccel_api.routing import ROUTING_FILE
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 
 from kubeaccel_operator.manifests.common import (
     ANNOTATION_SPEC_HASH,
     ARTIFACTS_ROOT,
     PORT_NAME,
-    Component,
+    Chain,
     Manifest,
     artifacts_uri,
     artifacts_volume,
@@ -27,6 +28,7 @@ from kubeaccel_operator.manifests.common import (
     object_meta,
     parse_quantity,
     pod_security_context,
+    routing_configmap_name,
     s3_env,
     selector_labels,
     serving_spec,
@@ -52,6 +54,8 @@ GRACE_SECONDS = 45
 
 LIVE_PATH = "/v2/health/live"
 READY_PATH = "/v2/health/ready"
+# Mounted as a directory (not subPath), so the kubelet's ConfigMap updates reach the pod.
+ROUTING_DIR = "/etc/kubeaccel/routing"
 
 
 def artifact_dir(res: AcceleratedModel, artifact: str) -> str:
@@ -68,8 +72,10 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def serve_args(res: AcceleratedModel, index: int, artifact: str) -> list[str]:
-    """Arguments of `kubeaccel serve` for shard `index`."""
+def serve_args(
+    res: AcceleratedModel, index: int, artifact: str, chain: Chain = Chain.A
+) -> list[str]:
+    """Arguments of `kubeaccel serve` for shard `index` of `chain`."""
     args = [
         "serve",
         "--artifacts",
@@ -82,7 +88,7 @@ def serve_args(res: AcceleratedModel, index: int, artifact: str) -> list[str]:
         "0.0.0.0",
     ]
     if index + 1 < res.spec.optimization.partition.shards:
-        args += ["--next", shard_url(res, index + 1)]
+        args += ["--next", shard_url(res, index + 1, chain)]
     cores = parse_quantity(res.spec.runtime.resources.cpu or "")
     if cores is not None:
         # CPU is requested, not limited, so the server cannot read a cgroup limit: size
@@ -115,8 +121,25 @@ def fetch_container(res: AcceleratedModel, artifact: str, image: str, cfg: Setti
     }
 
 
-def build_deployment(res: AcceleratedModel, index: int, artifact: str, cfg: Settings) -> Manifest:
-    """Deployment `<name>-shard-<i>` serving shard i of `artifact`."""
+def _routing(
+    res: AcceleratedModel, chain: Chain
+) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """Shard 0's routing file: env, volume and mount (the ConfigMap may not exist yet)."""
+    env = [
+        {"name": "KUBEACCEL_ROUTING_FILE", "value": f"{ROUTING_DIR}/{ROUTING_FILE}"},
+        {"name": "KUBEACCEL_CHAIN", "value": chain.value},
+    ]
+    volume = {
+        "name": "routing",
+        "configMap": {"name": routing_configmap_name(res.metadata.name), "optional": True},
+    }
+    return env, volume, {"name": "routing", "mountPath": ROUTING_DIR, "readOnly": True}
+
+
+def build_deployment(
+    res: AcceleratedModel, index: int, artifact: str, cfg: Settings, chain: Chain = Chain.A
+) -> Manifest:
+    """Deployment `<name>-shard-<i>` (chain a) or `<name>-b-shard-<i>` serving shard i."""
     runtime = res.spec.runtime
     spec_json = json.dumps(serving_spec(res), sort_keys=True, separators=(",", ":"))
     tmp, tmp_mount = tmp_volume()
@@ -126,7 +149,7 @@ def build_deployment(res: AcceleratedModel, index: int, artifact: str, cfg: Sett
         "image": serving_image(res, cfg),
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["kubeaccel"],
-        "args": serve_args(res, index, artifact),
+        "args": serve_args(res, index, artifact, chain),
         "env": [
             {"name": "KUBEACCEL_SPEC", "value": spec_json},
             {"name": "HOME", "value": "/tmp"},
@@ -161,10 +184,15 @@ def build_deployment(res: AcceleratedModel, index: int, artifact: str, cfg: Sett
     }
     if uses_s3(res):
         pod_spec["initContainers"] = [fetch_container(res, artifact, container["image"], cfg)]
-    pod_spec.update(placement(res, runtime.affinity or default_affinity(res, index)))
+    if index == 0:
+        env, volume, mount = _routing(res, chain)
+        container["env"] += env
+        container["volumeMounts"].append(mount)
+        pod_spec["volumes"].append(volume)
+    pod_spec.update(placement(res, runtime.affinity or default_affinity(res, index, chain)))
     if runtime.priority_class_name:
         pod_spec["priorityClassName"] = runtime.priority_class_name
-    pod_labels = labels(res, Component.RUNTIME, shard=index, artifact=artifact)
+    pod_labels = labels(res, chain.component, shard=index, artifact=artifact)
     pod_annotations = {
         # A runtime-only edit changes this hash (and KUBEACCEL_SPEC), which rolls the pods.
         ANNOTATION_SPEC_HASH: stable_hash([artifact, spec_json]),
@@ -172,14 +200,19 @@ def build_deployment(res: AcceleratedModel, index: int, artifact: str, cfg: Sett
         "prometheus.io/port": str(RUNTIME_PORT),
         "prometheus.io/path": "/metrics",
     }
+    spec: dict[str, Any] = {}
+    if runtime.autoscaling is None:
+        # With an autoscaler the field is left to it (kube.py hands it over), so the two
+        # never fight over the replica count.
+        spec["replicas"] = runtime.replicas
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": object_meta(res, shard_name(res.metadata.name, index), pod_labels),
+        "metadata": object_meta(res, shard_name(res.metadata.name, index, chain), pod_labels),
         "spec": {
-            "replicas": runtime.replicas,
+            **spec,
             "revisionHistoryLimit": 3,
-            "selector": {"matchLabels": selector_labels(res, Component.RUNTIME, index)},
+            "selector": {"matchLabels": selector_labels(res, chain.component, index)},
             # Keep every old replica until its replacement is ready: the previous artifact
             # serves until the new one proves healthy (needs room for one extra pod).
             "strategy": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 
 from kubeaccel_operator.manifests.common import (
-    Component,
+    Chain,
     Manifest,
     labels,
     object_meta,
@@ -14,20 +14,25 @@ from kubeaccel_operator.manifests.common import (
 )
 
 
-def build_pdb(res: AcceleratedModel, index: int) -> Manifest | None:
-    """PDB `<name>-shard-<i>` when the shard has more than one replica, else None."""
-    if res.spec.runtime.replicas <= 1:
+def build_pdb(res: AcceleratedModel, index: int, chain: Chain = Chain.A) -> Manifest | None:
+    """PDB of shard i when it can have more than one replica, else None.
+
+    maxUnavailable (not minAvailable) stays right whatever count an autoscaler picks.
+    """
+    runtime = res.spec.runtime
+    most = runtime.autoscaling.max_replicas if runtime.autoscaling else runtime.replicas
+    if most <= 1:
         return None
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": object_meta(
             res,
-            shard_name(res.metadata.name, index),
-            labels(res, Component.RUNTIME, shard=index),
+            shard_name(res.metadata.name, index, chain),
+            labels(res, chain.component, shard=index),
         ),
         "spec": {
             "maxUnavailable": 1,
-            "selector": {"matchLabels": selector_labels(res, Component.RUNTIME, index)},
+            "selector": {"matchLabels": selector_labels(res, chain.component, index)},
         },
     }

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kubeaccel_api.constants import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME
 from kubeaccel_api.target import serving_target
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 
-from kubeaccel_operator.manifests.common import Component, selector_labels, shared_across_nodes
+from kubeaccel_operator.manifests.common import (
+    APP_NAME,
+    Chain,
+    selector_labels,
+    shared_across_nodes,
+)
 
 if TYPE_CHECKING:
     from kubeaccel_operator.settings import Settings
@@ -56,7 +62,7 @@ def optimizer_wants_gpu(res: AcceleratedModel) -> bool:
     return serving_target(res.spec).is_gpu
 
 
-def default_affinity(res: AcceleratedModel, shard: int) -> dict[str, Any]:
+def default_affinity(res: AcceleratedModel, shard: int, chain: Chain = Chain.A) -> dict[str, Any]:
     """Spread a shard's replicas across nodes, or co-locate when the volume is node-bound.
 
     A ReadWriteOnce claim attaches to one node at a time: a replica scheduled elsewhere
@@ -71,7 +77,7 @@ def default_affinity(res: AcceleratedModel, shard: int) -> dict[str, Any]:
                         "podAffinityTerm": {
                             "topologyKey": HOSTNAME,
                             "labelSelector": {
-                                "matchLabels": selector_labels(res, Component.RUNTIME, shard)
+                                "matchLabels": selector_labels(res, chain.component, shard)
                             },
                         },
                     }
@@ -83,7 +89,23 @@ def default_affinity(res: AcceleratedModel, shard: int) -> dict[str, Any]:
             "requiredDuringSchedulingIgnoredDuringExecution": [
                 {
                     "topologyKey": HOSTNAME,
-                    "labelSelector": {"matchLabels": selector_labels(res, Component.RUNTIME)},
+                    # Every runtime pod of the model, whichever chain: one node holds the
+                    # claim, so the candidate chain must land there too.
+                    "labelSelector": {
+                        "matchExpressions": [
+                            {"key": LABEL_NAME, "operator": "In", "values": [APP_NAME]},
+                            {
+                                "key": LABEL_INSTANCE,
+                                "operator": "In",
+                                "values": [res.metadata.name],
+                            },
+                            {
+                                "key": LABEL_COMPONENT,
+                                "operator": "In",
+                                "values": [c.component.value for c in Chain],
+                            },
+                        ]
+                    },
                 }
             ]
         }

@@ -7,6 +7,7 @@ from kubeaccel_api.v1alpha1 import AcceleratedModel
 
 from kubeaccel_operator.manifests.common import (
     PORT_NAME,
+    Chain,
     Component,
     Manifest,
     labels,
@@ -16,15 +17,17 @@ from kubeaccel_operator.manifests.common import (
 )
 
 
-def _service(res: AcceleratedModel, name: str, component: Component, shard: int | None) -> Manifest:
+def _service(
+    res: AcceleratedModel, name: str, component: Component, shard: int | None, chain: Chain
+) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": object_meta(res, name, labels(res, component, shard=shard)),
         "spec": {
             "type": "ClusterIP",
-            # The main Service (shard None) fronts the pipeline's first shard.
-            "selector": selector_labels(res, Component.RUNTIME, shard or 0),
+            # The main Service (shard None) fronts the first shard of the serving chain.
+            "selector": selector_labels(res, chain.component, shard or 0),
             "ports": [
                 {
                     "name": PORT_NAME,
@@ -37,11 +40,12 @@ def _service(res: AcceleratedModel, name: str, component: Component, shard: int 
     }
 
 
-def build_shard_service(res: AcceleratedModel, index: int) -> Manifest:
-    """Service `<name>-shard-<i>` selecting the pods of shard i."""
-    return _service(res, shard_name(res.metadata.name, index), Component.RUNTIME, index)
+def build_shard_service(res: AcceleratedModel, index: int, chain: Chain = Chain.A) -> Manifest:
+    """Service of shard i of `chain`, named like its Deployment."""
+    name = shard_name(res.metadata.name, index, chain)
+    return _service(res, name, chain.component, index, chain)
 
 
-def build_main_service(res: AcceleratedModel) -> Manifest:
-    """Service `<name>`: the model's endpoint, selecting the pipeline's first shard."""
-    return _service(res, res.metadata.name, Component.ENDPOINT, None)
+def build_main_service(res: AcceleratedModel, chain: Chain = Chain.A) -> Manifest:
+    """Service `<name>`: the model's endpoint, selecting shard 0 of the serving chain."""
+    return _service(res, res.metadata.name, Component.ENDPOINT, None, chain)

@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from kubeaccel_api.budget import budget_violations
 from kubeaccel_api.v1alpha1 import AccuracyBudget
 
+from kubeaccel_runtime.divergence import is_class_scores, output_divergence, top1
 from kubeaccel_runtime.optimize.data import Samples
 from kubeaccel_runtime.optimize.errors import BudgetExceeded, DataError
 from kubeaccel_runtime.optimize.session import Chain
 
 EVAL_BATCH = 64
-_EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,7 @@ def run_all(chain: Chain, samples: Samples, batch: int = EVAL_BATCH) -> list[np.
 
 def is_classifier(outputs: Sequence[np.ndarray]) -> bool:
     """First output is [batch, classes] floating point with more than one class."""
-    first = outputs[0]
-    return first.ndim == 2 and first.shape[1] > 1 and np.issubdtype(first.dtype, np.floating)
-
-
-def _top1(output: np.ndarray) -> np.ndarray:
-    return np.asarray(np.argmax(output, axis=1))
+    return is_class_scores(outputs[0])
 
 
 def compare(
@@ -70,32 +66,22 @@ def compare(
     labels: np.ndarray | None,
 ) -> AccuracyFigures:
     """Figures of `candidate` against `reference` (same samples, same output order)."""
-    max_abs, rel, non_finite = 0.0, 0.0, 0
-    for ref, got in zip(reference, candidate, strict=True):
-        ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
-        finite_ref = np.isfinite(ref64)
-        bad = ~np.isfinite(got64) & finite_ref
-        non_finite += int(bad.sum())
-        mask = finite_ref & np.isfinite(got64)
-        if mask.any():
-            diff = np.abs(got64[mask] - ref64[mask])
-            max_abs = max(max_abs, float(diff.max()))
-            rel = max(rel, float(diff.sum() / max(np.abs(ref64[mask]).sum(), _EPS)))
+    per_output = [output_divergence(r, g) for r, g in zip(reference, candidate, strict=True)]
     agreement = before = after = None
     if is_classifier(reference):
-        ref_top, got_top = _top1(reference[0]), _top1(candidate[0])
+        ref_top, got_top = top1(reference[0]), top1(candidate[0])
         agreement = float(np.mean(ref_top == got_top))
         if labels is not None:
             before = float(np.mean(ref_top == labels))
             after = float(np.mean(got_top == labels))
     return AccuracyFigures(
         samples=int(reference[0].shape[0]),
-        max_abs_diff=max_abs,
-        mean_rel_error=rel,
+        max_abs_diff=max((d.max_abs for d in per_output), default=0.0),
+        mean_rel_error=max((d.rel_error for d in per_output), default=0.0),
         top1_agreement=agreement,
         accuracy_before=before,
         accuracy_after=after,
-        non_finite=non_finite,
+        non_finite=sum(d.non_finite for d in per_output),
     )
 
 
@@ -121,37 +107,15 @@ def check_budget_applies(
 
 def violations(figures: AccuracyFigures, budget: AccuracyBudget) -> list[str]:
     """Every way `figures` break `budget` (empty when inside it)."""
-    out: list[str] = []
-    if figures.non_finite:
-        out.append(
-            f"{figures.non_finite} output values are NaN/Inf where the original's are finite"
-        )
-    if budget.max_abs_diff is not None and figures.max_abs_diff > budget.max_abs_diff:
-        out.append(f"maxAbsDiff {figures.max_abs_diff:.6g} > budget {budget.max_abs_diff:g}")
-    if budget.max_mean_rel_error is not None and figures.mean_rel_error > budget.max_mean_rel_error:
-        out.append(
-            f"meanRelError {figures.mean_rel_error:.6g} > budget {budget.max_mean_rel_error:g}"
-        )
-    if (
-        budget.min_top1_agreement is not None
-        and figures.top1_agreement is not None
-        and figures.top1_agreement < budget.min_top1_agreement
-    ):
-        out.append(
-            f"top1Agreement {figures.top1_agreement:.4f} < budget {budget.min_top1_agreement:g}"
-        )
-    if (
-        budget.max_accuracy_drop is not None
-        and figures.accuracy_before is not None
-        and figures.accuracy_after is not None
-    ):
-        drop = figures.accuracy_before - figures.accuracy_after
-        if drop > budget.max_accuracy_drop + 1e-12:
-            out.append(
-                f"accuracy {figures.accuracy_before:.4f} -> {figures.accuracy_after:.4f} "
-                f"(drop {drop:.4f}) > budget {budget.max_accuracy_drop:g}"
-            )
-    return out
+    return budget_violations(
+        budget,
+        max_abs_diff=figures.max_abs_diff,
+        mean_rel_error=figures.mean_rel_error,
+        top1_agreement=figures.top1_agreement,
+        non_finite=figures.non_finite,
+        accuracy_before=figures.accuracy_before,
+        accuracy_after=figures.accuracy_after,
+    )
 
 
 def check_budget(figures: AccuracyFigures, budget: AccuracyBudget, what: str) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 from kubeaccel_api import __version__
+from kubeaccel_api.routing import REPORT_PATH
 
 from kubeaccel_runtime.serve.batching import Batcher, BatchStats
 from kubeaccel_runtime.serve.chain import ChainConfig, NextShard
@@ -42,6 +43,7 @@ from kubeaccel_runtime.serve.guard import guard_outputs
 from kubeaccel_runtime.serve.metrics import CONTENT_TYPE as METRICS_TYPE
 from kubeaccel_runtime.serve.metrics import ServeMetrics
 from kubeaccel_runtime.serve.openapi import build_openapi
+from kubeaccel_runtime.serve.routing import Router, RoutingSource
 from kubeaccel_runtime.serve.session import LoadedModel
 from kubeaccel_runtime.serve.validation import DecodedRequest, decode_request, parse_header_length
 
@@ -77,6 +79,8 @@ class ServeSettings:
     inline_run_ms: float = 0.3
     # Used only while no model is loaded (the model's limits apply afterwards).
     max_request_bytes: int = 16 * 1024 * 1024
+    # Shadow/canary routing to a candidate chain (shard 0 only); None: never routes.
+    routing: RoutingSource | None = None
 
 
 class ModelSlot:
@@ -116,6 +120,7 @@ class ServeApp:
         self._executor = ThreadPoolExecutor(settings.run_workers, thread_name_prefix="onnxruntime")
         self._batcher: Batcher | None = None
         self._next = NextShard(settings.chain, slot.name) if settings.chain else None
+        self.router = Router(settings.routing, slot.name, None) if settings.routing else None
         self._counters: dict[tuple[str, int], Any] = {}
         # The document of the model it was built for (None: the generic one).
         self._openapi: tuple[LoadedModel | None, bytes] = (None, orjson.dumps(build_openapi()))
@@ -128,6 +133,7 @@ class ServeApp:
             "/v2/health/ready": self._ready,
             "/metrics": self._metrics,
             "/openapi.json": self._openapi_doc,
+            REPORT_PATH: self._rollout_report,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -144,6 +150,8 @@ class ServeApp:
         if self._batcher is not None:
             await self._batcher.stop()
             self._batcher = None
+        if self.router is not None:
+            await self.router.aclose()
         if self._next is not None:
             await self._next.aclose()
         self._executor.shutdown(wait=True)
@@ -200,6 +208,10 @@ class ServeApp:
             (b"content-length", str(len(body)).encode()),
             *extra_headers,
         ]
+        if self.draining:
+            # Keep-alive clients reconnect (through the Service, to a pod still in it)
+            # instead of sending their next request to a pod about to stop.
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self._count(endpoint, status)
@@ -308,6 +320,11 @@ class ServeApp:
             self._openapi = (model, orjson.dumps(build_openapi(model)))
         return 200, self._openapi[1], JSON
 
+    async def _rollout_report(self) -> tuple[int, bytes, bytes]:
+        if self.router is None:
+            return 404, orjson.dumps({"error": "this server does not route (not shard 0)"}), JSON
+        return 200, orjson.dumps(self.router.report().to_wire()), JSON
+
     async def _model_metadata(self) -> tuple[int, bytes]:
         model = self._require_model()
         doc = {
@@ -325,7 +342,20 @@ class ServeApp:
             raise NotReady(self.slot.problem, reason="not_ready")
         return model
 
+    async def _serve(self, model: LoadedModel, request: DecodedRequest) -> dict[str, Array]:
+        """The model outputs the client asked for, from this shard and the ones after it."""
+        outputs = await self._run(model, request)
+        guard_outputs(outputs, model.contract.outputs, request.batch, self._count_non_finite)
+        if self._next is not None:
+            names = [o.name for o in request.outputs]
+            outputs = await self._next.infer(outputs, names, request.id)
+            missing = [n for n in names if n not in outputs]
+            if missing:
+                raise InferenceFailed(f"next shard returned no {missing}", reason="downstream")
+        return outputs
+
     async def _infer(self, scope: Scope, receive: Receive) -> tuple[bytes, dict[str, str]]:
+        started = time.perf_counter()
         model = self._require_model()
         headers = _headers(scope)
         cap = model.contract.max_request_bytes
@@ -350,14 +380,25 @@ class ServeApp:
                 len(body),
             )
             request = decode_request(body, header_len, model.contract, model.final_outputs)
-            outputs = await self._run(model, request)
-            guard_outputs(outputs, model.contract.outputs, request.batch, self._count_non_finite)
-            if self._next is not None:
-                names = [o.name for o in request.outputs]
-                outputs = await self._next.infer(outputs, names, request.id)
-                missing = [n for n in names if n not in outputs]
-                if missing:
-                    raise InferenceFailed(f"next shard returned no {missing}", reason="downstream")
+            router = self.router
+            if router is not None:
+                router.refresh()
+                if router.take_canary():
+                    answer = await router.forward(body, headers, started)
+                    if answer is not None:
+                        return answer
+            try:
+                outputs = await self._serve(model, request)
+            except ServeError as exc:
+                if router is not None:
+                    router.record_serving(status_of(exc) < 500, started)
+                raise
+            if router is not None:
+                router.record_serving(True, started)
+                if router.take_mirror():
+                    names = [o.name for o in request.outputs]
+                    router.top1_output = model.final_outputs[0].name
+                    router.mirror(request.inputs, names, outputs, request.id)
             return encode_response(model.name, model.version, request.id, outputs, request.outputs)
         finally:
             self.inflight -= 1
@@ -487,7 +528,12 @@ def _tensor_meta(rule: Any) -> dict[str, Any]:
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
-    wanted = (b"content-length", b"inference-header-content-length", b"content-encoding")
+    wanted = (
+        b"content-length",
+        b"content-type",
+        b"inference-header-content-length",
+        b"content-encoding",
+    )
     return {k: v for k, v in scope["headers"] if k in wanted}
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 from kubeaccel_api.constants import RUNTIME_PORT
+from kubeaccel_api.routing import Routing, RoutingMode
 from kubeaccel_api.v1alpha1 import AcceleratedModelSpec, ExecutionProvider
 from pydantic import ValidationError
 
@@ -25,11 +26,14 @@ from kubeaccel_runtime.artifact_manifest import ArtifactInvalid, read_manifest
 from kubeaccel_runtime.serve.app import ModelSlot, ServeSettings, create_app
 from kubeaccel_runtime.serve.chain import ChainConfig
 from kubeaccel_runtime.serve.logs import logging_config
+from kubeaccel_runtime.serve.routing import RoutingSource
 from kubeaccel_runtime.serve.server import ServerOptions, build_server
 from kubeaccel_runtime.serve.session import LoadError, SessionConfig, load_shard
 
 log = logging.getLogger("kubeaccel.serve")
 SPEC_ENV = "KUBEACCEL_SPEC"
+ROUTING_FILE_ENV = "KUBEACCEL_ROUTING_FILE"
+CHAIN_ENV = "KUBEACCEL_CHAIN"
 
 
 def resolve_spec(spec_file: Path | None, artifacts: Path) -> AcceleratedModelSpec | None:
@@ -47,16 +51,55 @@ def resolve_spec(spec_file: Path | None, artifacts: Path) -> AcceleratedModelSpe
         return None  # reported by the loader, which re-reads and verifies the artifact
 
 
+def routing_source(
+    shard: int,
+    chain: str,
+    routing_file: Path | None,
+    candidate: str | None,
+    mirror_percent: float | None,
+    canary_percent: float | None,
+) -> RoutingSource | None:
+    """Where shard 0 takes its shadow/canary routing from; None when it never routes.
+
+    Raises:
+        ValueError: contradictory or incomplete routing options (the message says which).
+    """
+    fixed = candidate is not None or mirror_percent is not None or canary_percent is not None
+    if not fixed and routing_file is None:
+        return None
+    if shard != 0:
+        raise ValueError("routing (--routing-file, --candidate) applies to shard 0 only")
+    if routing_file is not None:
+        if fixed:
+            raise ValueError(
+                "--routing-file excludes --candidate/--mirror-percent/--canary-percent"
+            )
+        return RoutingSource(chain=chain, file=routing_file)
+    if mirror_percent is not None and canary_percent is not None:
+        raise ValueError("--mirror-percent and --canary-percent exclude each other")
+    percent = mirror_percent if mirror_percent is not None else canary_percent
+    if candidate is None or percent is None:
+        raise ValueError(
+            "--candidate needs --mirror-percent or --canary-percent, and they need --candidate"
+        )
+    mode = RoutingMode.SHADOW if mirror_percent is not None else RoutingMode.CANARY
+    routing = Routing(id="cli", mode=mode, chain=chain, candidate_url=candidate, percent=percent)
+    return RoutingSource(chain=chain, fixed=routing)
+
+
 def settings_for(
     spec: AcceleratedModelSpec | None,
     next_url: str | None,
     workers: int,
     inline_run_ms: float = 0.3,
+    routing: RoutingSource | None = None,
 ) -> ServeSettings:
     """Server settings from the spec's runtime/limits sections and the CLI flags."""
     chain = ChainConfig(next_url=next_url) if next_url else None
     if spec is None:
-        return ServeSettings(chain=chain, run_workers=workers, inline_run_ms=inline_run_ms)
+        return ServeSettings(
+            chain=chain, run_workers=workers, inline_run_ms=inline_run_ms, routing=routing
+        )
     batching = spec.runtime.batching
     return ServeSettings(
         batching=batching.enabled,
@@ -66,6 +109,7 @@ def settings_for(
         run_workers=workers,
         inline_run_ms=inline_run_ms,
         max_request_bytes=spec.limits.max_request_bytes,
+        routing=routing,
     )
 
 
@@ -142,6 +186,33 @@ def settings_for(
     help="Exit 1 this long after a failed load.",
 )
 @click.option(
+    "--routing-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=ROUTING_FILE_ENV,
+    default=None,
+    help="Shard 0: shadow/canary routing written by the operator (re-read when it changes).",
+)
+@click.option(
+    "--chain",
+    envvar=CHAIN_ENV,
+    default="a",
+    show_default=True,
+    help="Chain this server belongs to; a routing file applies to its chain only.",
+)
+@click.option("--candidate", default=None, help="Shard 0: base URL of a candidate chain.")
+@click.option(
+    "--mirror-percent",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=None,
+    help="Shadow: also send this share of requests to --candidate and compare the outputs.",
+)
+@click.option(
+    "--canary-percent",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=None,
+    help="Canary: let --candidate answer this share of requests.",
+)
+@click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
 )
 def serve(
@@ -158,10 +229,21 @@ def serve(
     drain_seconds: float,
     shutdown_timeout: float,
     fail_exit_seconds: float,
+    routing_file: Path | None,
+    chain: str,
+    candidate: str | None,
+    mirror_percent: float | None,
+    canary_percent: float | None,
     log_level: str,
 ) -> None:
     """Serve shard SHARD of an artifact with the Open Inference Protocol v2."""
     logging.config.dictConfig(logging_config(log_level))
+    try:
+        routing = routing_source(
+            shard, chain, routing_file, candidate, mirror_percent, canary_percent
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         spec = resolve_spec(spec_file, artifacts)
     except (ValueError, OSError) as exc:  # InvalidResource and ValidationError are ValueErrors
@@ -172,7 +254,7 @@ def serve(
     except ArtifactInvalid:
         name = artifacts.name  # load fails below with the precise reason
     slot = ModelSlot(name)
-    app = create_app(slot, settings_for(spec, next_url, workers, inline_run_ms))
+    app = create_app(slot, settings_for(spec, next_url, workers, inline_run_ms, routing))
     server = build_server(
         app,
         ServerOptions(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubeaccel_api import __version__
+from kubeaccel_api.routing import REPORT_PATH, RoutingReport
 from pydantic.json_schema import models_json_schema
 
 from kubeaccel_runtime.serve.request_schema import request_schema
@@ -38,6 +39,7 @@ _MODELS = (
     ServerMetadata,
     HealthResponse,
     ErrorResponse,
+    RoutingReport,
 )
 
 
@@ -185,6 +187,21 @@ def build_openapi(model: LoadedModel | None = None) -> dict[str, Any]:
         **_model_paths(
             "/v2/models/{model_name}/versions/{model_version}", [name_param, version_param]
         ),
+        REPORT_PATH: {
+            "get": {
+                "summary": "Shadow/canary routing of shard 0 and what it measured (kubeaccel).",
+                "description": (
+                    "A kubeaccel extension the operator reads during a rollout: the routing in "
+                    "force and counters since it was applied (mirrored and compared requests, "
+                    "output differences, per-chain requests, errors and latency histogram)."
+                ),
+                "operationId": "rollout_report",
+                "responses": {
+                    "200": _json("RoutingReport", "Routing in force and its counters."),
+                    "404": _json("ErrorResponse", "Not shard 0: this server never routes."),
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics.",

@@ -17,6 +17,7 @@ from kubeaccel_runtime.serve.session import LoadedModel, load_shard
 from serve_fixtures import (
     CPU1,
     MLP_INPUTS,
+    Proc,
     build_mlp,
     build_sqrt,
     build_two_inputs,
@@ -79,3 +80,17 @@ def app_factory() -> Iterator[Callable[..., ServeApp]]:
     yield make
     for app in made:
         app._executor.shutdown(wait=False)
+
+
+@pytest.fixture
+def proc_factory() -> Iterator[type[Proc]]:
+    made: list[Proc] = []
+
+    class Tracked(Proc):
+        def __init__(self, *a: object, **kw: object) -> None:
+            super().__init__(*a, **kw)  # type: ignore[arg-type]
+            made.append(self)
+
+    yield Tracked
+    for p in made:
+        p.stop()

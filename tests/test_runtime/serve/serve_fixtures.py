@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 import onnx.utils
@@ -207,6 +211,18 @@ MLP_INPUTS = [
 ]
 
 
+def wait_until(check: Any, what: str, timeout: float = 30.0) -> Any:
+    """Poll `check()` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
@@ -249,3 +265,62 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=20)
+
+
+class Proc:
+    """A `kubeaccel serve` subprocess on a free port, with its stderr collected."""
+
+    def __init__(self, artifact: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [
+            sys.executable,
+            "-c",
+            "from kubeaccel_runtime.cli import main; main()",
+            "serve",
+            "--artifacts",
+            str(artifact),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--threads",
+            "1",
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def get(self, path: str) -> httpx.Response | None:
+        try:
+            return httpx.get(self.url + path, timeout=2)
+        except httpx.TransportError:
+            return None
+
+    def wait_for(self, path: str, status: int, timeout: float = 30) -> httpx.Response:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.get(path)
+            if r is not None and r.status_code == status:
+                return r
+            assert self.proc.poll() is None, "".join(self.lines)
+            time.sleep(0.05)
+        raise AssertionError(f"{path} never answered {status}:\n{''.join(self.lines)}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._reader.join(5)
+
+    def logs(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.lines if line.startswith("{")]

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import yaml
@@ -21,68 +16,9 @@ from kubeaccel_api.v1alpha1 import AcceleratedModelSpec
 from kubeaccel_runtime.cli import main as kubeaccel
 from kubeaccel_runtime.client import InferenceClient, OipError
 from kubeaccel_runtime.serve.cli import SPEC_ENV, resolve_spec, settings_for
-from serve_fixtures import MLP_INPUTS, build_mlp, free_port, spec_for, write_artifact
+from serve_fixtures import MLP_INPUTS, Proc, build_mlp, spec_for, write_artifact
 
 X = np.ones((1, 4), dtype=np.float32)
-
-
-class Proc:
-    """A `kubeaccel serve` subprocess on a free port, with its stderr collected."""
-
-    def __init__(self, artifact: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [
-            sys.executable,
-            "-c",
-            "from kubeaccel_runtime.cli import main; main()",
-            "serve",
-            "--artifacts",
-            str(artifact),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--threads",
-            "1",
-            *extra,
-        ]
-        self.proc = subprocess.Popen(
-            cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def get(self, path: str) -> httpx.Response | None:
-        try:
-            return httpx.get(self.url + path, timeout=2)
-        except httpx.TransportError:
-            return None
-
-    def wait_for(self, path: str, status: int, timeout: float = 30) -> httpx.Response:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = self.get(path)
-            if r is not None and r.status_code == status:
-                return r
-            assert self.proc.poll() is None, "".join(self.lines)
-            time.sleep(0.05)
-        raise AssertionError(f"{path} never answered {status}:\n{''.join(self.lines)}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._reader.join(5)
-
-    def logs(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.lines if line.startswith("{")]
 
 
 @pytest.fixture(scope="module")
@@ -90,20 +26,6 @@ def slow_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Batching with a long window: one lone request waits ~1 s in the queue."""
     spec = spec_for(MLP_INPUTS, batching={"enabled": True, "maxBatchSize": 32, "maxDelayMs": 1000})
     return write_artifact(tmp_path_factory.mktemp("slow"), build_mlp(), spec, name="mlp")
-
-
-@pytest.fixture
-def proc_factory() -> Iterator[type[Proc]]:
-    made: list[Proc] = []
-
-    class Tracked(Proc):
-        def __init__(self, *a: object, **kw: object) -> None:
-            super().__init__(*a, **kw)  # type: ignore[arg-type]
-            made.append(self)
-
-    yield Tracked
-    for p in made:
-        p.stop()
 
 
 @pytest.mark.slow
