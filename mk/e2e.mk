@@ -1,6 +1,7 @@
 # Images, helm, and the e2e suite on a real cluster. Included by the main Makefile.
 #   make images           docker build the operator, serve (runtime) and optimizer images
 #   make images-gpu       docker build the GPU runtime image (onnxruntime-gpu, CUDA 13 wheels)
+#   make e2e-images       docker build the test-only images of the e2e suite (an S3 server)
 #   make e2e              images + a kind cluster + `pytest e2e -m e2e`
 #   make e2e E2E_CLUSTER=kubeconfig E2E_LOADER=cluster-tool
 #                         the same suite on the cluster $KUBECONFIG points at; images are
@@ -28,12 +29,14 @@ OPERATOR_IMAGE    ?= kubeaccel/operator:$(KUBEACCEL_VERSION)
 RUNTIME_IMAGE     ?= kubeaccel/runtime:$(KUBEACCEL_VERSION)
 OPTIMIZER_IMAGE   ?= kubeaccel/optimizer:$(KUBEACCEL_VERSION)
 RUNTIME_GPU_IMAGE ?= kubeaccel/runtime:$(KUBEACCEL_VERSION)-gpu
+# Test-only: the S3-compatible server e2e/test_5_s3_storage.py runs in the cluster.
+E2E_S3_IMAGE      ?= kubeaccel/s3-moto:e2e
 BASE_IMAGES := python:3.11-slim-bookworm
 # Wheels staged into the optimizer's build context (see runtime/Dockerfile.optimizer).
 WHEELS_DIR   := .build/wheels
 TORCH_INDEX  ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: helm images images-gpu torch-wheel e2e e2e-cluster e2e-load e2e-down pin-bases
+.PHONY: helm images images-gpu e2e-images torch-wheel e2e e2e-cluster e2e-load e2e-down pin-bases
 
 $(HELM): scripts/get-helm.sh
 	scripts/get-helm.sh
@@ -62,6 +65,9 @@ images: torch-wheel ## docker build the operator, serve (runtime) and optimizer 
 images-gpu: ## docker build the GPU runtime image (onnxruntime-gpu with CUDA 13 wheels)
 	$(DOCKER) build -f runtime/Dockerfile.gpu -t $(RUNTIME_GPU_IMAGE) .
 
+e2e-images: ## docker build the e2e suite's test-only images (an S3-compatible server)
+	$(DOCKER) build -t $(E2E_S3_IMAGE) - < e2e/Dockerfile.s3
+
 e2e-cluster: ## create (or reuse) the kind cluster of the e2e suite
 	@mkdir -p $(E2E_DIR)
 	@if $(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then \
@@ -73,9 +79,11 @@ e2e-cluster: ## create (or reuse) the kind cluster of the e2e suite
 	    $(if $(KIND_NODE_IMAGE),--image $(KIND_NODE_IMAGE)); \
 	fi
 
-# The images the suite runs; the GPU image only where it was built (make images-gpu).
+# The images the suite runs; the GPU and test-only images only where they were built
+# (make images-gpu e2e-images: the tests that need them skip without them).
 E2E_IMAGES = $(OPERATOR_IMAGE) $(RUNTIME_IMAGE) $(OPTIMIZER_IMAGE) \
-  $$($(DOCKER) image inspect $(RUNTIME_GPU_IMAGE) >/dev/null 2>&1 && echo $(RUNTIME_GPU_IMAGE))
+  $$(for i in $(RUNTIME_GPU_IMAGE) $(E2E_S3_IMAGE); do \
+       $(DOCKER) image inspect $$i >/dev/null 2>&1 && echo $$i; done)
 
 e2e-load: ## load the built images into the cluster's nodes (E2E_LOADER=kind|cluster-tool|none)
 ifeq ($(E2E_LOADER),kind)
@@ -102,6 +110,7 @@ e2e: $(STAMP) $(HELM) images ## images loaded into a cluster (kind, or E2E_CLUST
 	  KUBEACCEL_E2E_RUNTIME_IMAGE=$(RUNTIME_IMAGE) \
 	  KUBEACCEL_E2E_OPTIMIZER_IMAGE=$(OPTIMIZER_IMAGE) \
 	  KUBEACCEL_E2E_GPU_RUNTIME_IMAGE=$(RUNTIME_GPU_IMAGE) \
+	  KUBEACCEL_E2E_S3_IMAGE=$(E2E_S3_IMAGE) \
 	  $(PY) -m pytest e2e -m e2e -v -p no:cacheprovider $(E2E_PYTEST_ARGS)
 
 e2e-down: ## delete the e2e kind cluster
