@@ -99,6 +99,12 @@ class Tally:
         if mode is GenerationMode.POSITIVE:
             self.positive += 1
             self.positive_rejected += not ok
+            if not ok:
+                self.examples.setdefault(
+                    "valid request rejected",
+                    f"{case.operation.label} {case.path_parameters} {case.body!r:.200} "
+                    f"-> {response.status_code}: {response.text[:300]}",
+                )
         else:
             self.negative += 1
             self.negative_accepted += ok

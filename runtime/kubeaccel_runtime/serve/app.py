@@ -123,7 +123,10 @@ class ServeApp:
         self.router = Router(settings.routing, slot.name, None) if settings.routing else None
         self._counters: dict[tuple[str, int], Any] = {}
         # The document of the model it was built for (None: the generic one).
-        self._openapi: tuple[LoadedModel | None, bytes] = (None, orjson.dumps(build_openapi()))
+        self._openapi: tuple[LoadedModel | None, bytes] = (
+            None,
+            orjson.dumps(build_openapi(routes=self.router is not None)),
+        )
         self._provider_reported = ""
         self._inline_s = settings.inline_run_ms / 1000.0
         self._row_cost_s: float | None = None  # unknown until measured: start in the thread
@@ -317,7 +320,10 @@ class ServeApp:
     async def _openapi_doc(self) -> tuple[int, bytes, bytes]:
         model = self.slot.model
         if self._openapi[0] is not model:
-            self._openapi = (model, orjson.dumps(build_openapi(model)))
+            self._openapi = (
+                model,
+                orjson.dumps(build_openapi(model, routes=self.router is not None)),
+            )
         return 200, self._openapi[1], JSON
 
     async def _rollout_report(self) -> tuple[int, bytes, bytes]:

@@ -147,8 +147,12 @@ def _model_paths(prefix: str, params: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def build_openapi(model: LoadedModel | None = None) -> dict[str, Any]:
-    """The whole OpenAPI document, generic or for `model` (deterministic: same input, same bytes)."""
+def build_openapi(model: LoadedModel | None = None, *, routes: bool = True) -> dict[str, Any]:
+    """The whole OpenAPI document, generic or for `model` (deterministic: same input, same bytes).
+
+    `routes=False` (a shard that is not shard 0) leaves out the rollout report, which such a
+    server never serves: a client of that server's document then finds only what it answers.
+    """
     _, generated = models_json_schema(
         [(m, "validation" if m is InferenceRequest else "serialization") for m in _MODELS],
         ref_template=_REF,
@@ -215,6 +219,8 @@ def build_openapi(model: LoadedModel | None = None) -> dict[str, Any]:
             }
         },
     }
+    if not routes:
+        del paths[REPORT_PATH]
     return {
         "openapi": "3.1.0",
         "info": {

@@ -9,11 +9,13 @@ from typing import Any
 import httpx
 import jsonschema_rs
 import pytest
+from kubeaccel_api.routing import REPORT_PATH
 from kubeaccel_api.v1alpha1 import DType
-from kubeaccel_runtime.serve.app import ModelSlot, ServeApp
+from kubeaccel_runtime.serve.app import ModelSlot, ServeApp, ServeSettings
 from kubeaccel_runtime.serve.contract import Contract, TensorRule
 from kubeaccel_runtime.serve.openapi import build_openapi
 from kubeaccel_runtime.serve.request_schema import BATCH_ALTERNATIVES, request_schema
+from kubeaccel_runtime.serve.routing import RoutingSource
 from kubeaccel_runtime.serve.session import LoadedModel
 
 X = TensorRule("x", DType.FLOAT32, (-1, 4))
@@ -165,9 +167,25 @@ async def test_the_server_serves_the_generic_document_until_the_model_loads(
     app = app_factory(slot)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        assert (await client.get("/openapi.json")).json() == build_openapi()
+        assert (await client.get("/openapi.json")).json() == build_openapi(routes=False)
         slot.set(two_input_model)
-        assert (await client.get("/openapi.json")).json() == build_openapi(two_input_model)
+        doc = (await client.get("/openapi.json")).json()
+        assert doc == build_openapi(two_input_model, routes=False)
+
+
+async def test_only_a_routing_server_documents_the_rollout_report(
+    two_input_model: LoadedModel, app_factory: Callable[..., ServeApp]
+) -> None:
+    """Shard 0 of a chain answers /v2/rollout; any other server would only ever say 404."""
+    routing = ServeSettings(routing=RoutingSource(chain="a"))
+    for settings, documented in ((None, False), (routing, True)):
+        app = app_factory(two_input_model, settings)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            doc = (await client.get("/openapi.json")).json()
+            answer = await client.get(REPORT_PATH)
+        assert (REPORT_PATH in doc["paths"]) is documented
+        assert (answer.status_code == 200) is documented
 
 
 def test_the_binary_extension_is_described_not_listed_as_a_request_media_type() -> None:
