@@ -98,9 +98,18 @@ class ModelSlot:
         self.problem = ""
 
     def fail(self, reason: str) -> None:
-        """The model will never load; `reason` is reported on readiness."""
+        """The model failed to load; `reason` is reported on readiness."""
         self.failed = True
         self.problem = f"model failed to load: {reason}"
+
+    def withdraw(self, reason: str) -> None:
+        """A loaded model must not serve any more (its artifact no longer verifies).
+
+        Requests already running finish on the session they hold; new ones get 503.
+        """
+        self.model = None
+        self.failed = True
+        self.problem = f"model withdrawn: {reason}"
 
 
 class _ClientGone(Exception):
