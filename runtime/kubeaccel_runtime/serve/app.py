@@ -128,7 +128,9 @@ class ServeApp:
         self.inflight_bytes = 0
         self._executor = ThreadPoolExecutor(settings.run_workers, thread_name_prefix="onnxruntime")
         self._batcher: Batcher | None = None
-        self._next = NextShard(settings.chain, slot.name) if settings.chain else None
+        self._next = (
+            NextShard(settings.chain, slot.name, self._count_retry) if settings.chain else None
+        )
         self.router = Router(settings.routing, slot.name, None) if settings.routing else None
         self._counters: dict[tuple[str, int], Any] = {}
         # The document of the model it was built for (None: the generic one).
@@ -412,6 +414,9 @@ class ServeApp:
         finally:
             self.inflight -= 1
             self.inflight_bytes -= reserve
+
+    def _count_retry(self, cause: str) -> None:
+        self.metrics.downstream_retries.labels(cause).inc()
 
     def _count_non_finite(self, output: str) -> None:
         self.metrics.nonfinite_outputs.labels(output).inc()

@@ -36,7 +36,9 @@ def test_an_intact_artifact_has_no_problem(served: Path) -> None:
 
 
 @pytest.mark.parametrize("damaged", ["shard-0.onnx", "report.json"])
-def test_one_flipped_bit_in_any_listed_file_is_a_sha256_mismatch(served: Path, damaged: str) -> None:
+def test_one_flipped_bit_in_any_listed_file_is_a_sha256_mismatch(
+    served: Path, damaged: str
+) -> None:
     flip_a_bit(served / damaged)
     problem = artifact_problem(served)
     assert problem is not None and f"{damaged}: sha256 mismatch" in problem
