@@ -4,6 +4,8 @@ One function serves create, update and resume (resume re-observes everything aft
 restart). Every kind of child is watched too (server-side filtered by our managed-by
 label): a finished Job, a Deployment losing availability, a child edited or deleted by
 hand re-runs the owner's reconcile at once, so drift is repaired without a spec change.
+The shard pods are watched the same way (read only), so a crash loop or an image that
+cannot be pulled reaches the resource's status as soon as the kubelet reports it.
 
 There is deliberately no @kopf.timer: kopf 1.45 gives every timer/daemon a finalizer
 (requires_finalizer=True in kopf.on.timer), and without one a timer outlives its deleted
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +31,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubeaccel_api.constants import GROUP, KIND, LABEL_MANAGED_BY, PLURAL, VERSION
+from kubeaccel_api.constants import (
+    GROUP,
+    KIND,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    PLURAL,
+    VERSION,
+)
 from kubeaccel_api.v1alpha1 import AcceleratedModelStatus
 from kubeaccel_api.validation import InvalidResource, parse_resource
 from pydantic import ValidationError
@@ -36,11 +47,14 @@ from pydantic import ValidationError
 from kubeaccel_operator import kube
 from kubeaccel_operator.errors import ApiError, InvalidSpec, NotReady, OperatorError, raise_for_kopf
 from kubeaccel_operator.events import Event
-from kubeaccel_operator.manifests.common import MANAGED_BY
+from kubeaccel_operator.manifests.common import MANAGED_BY, Chain
 from kubeaccel_operator.reconcile import check_supported, invalid_status, reconcile
 from kubeaccel_operator.rollout import in_progress
-from kubeaccel_operator.settings import OWNED_KINDS, Settings, get_settings
+from kubeaccel_operator.settings import OWNED_KINDS, WATCHED_PODS, Settings, get_settings
 
+# Listing events this long after start are re-lists (see `relisted`).
+STARTUP_LISTING_S = 60.0
+_STARTED = time.monotonic()
 _cluster: kube.Cluster | None = None
 _cluster_lock = threading.Lock()
 _locks: dict[tuple[str, str], threading.Lock] = {}
@@ -205,12 +219,21 @@ def on_change(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any)
 
 
 def owner_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(namespace, name) of the AcceleratedModel controlling a child, if any."""
+    """(namespace, name) of the AcceleratedModel controlling a child, if any.
+
+    A shard pod belongs to a ReplicaSet; its model is named by the labels its Deployment
+    gave it (a pod someone else labelled so only costs one needless reconcile).
+    """
     meta = body.get("metadata") or {}
     for ref in meta.get("ownerReferences") or []:
         ours = ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/")
         if ours and ref.get("controller"):
             return meta.get("namespace") or "", str(ref.get("name"))
+    labels = meta.get("labels") or {}
+    if body.get("kind") == "Pod" and labels.get(LABEL_MANAGED_BY) == MANAGED_BY:
+        model = labels.get(LABEL_MODEL)
+        if model:
+            return meta.get("namespace") or "", str(model)
     return None
 
 
@@ -287,9 +310,19 @@ def poll_rollouts_forever(stop: threading.Event) -> None:
                 logger.warning("rollout check of %s/%s failed: %s", namespace, name, exc)
 
 
+def relisted(type: str | None, uptime_s: float) -> bool:
+    """Whether a listing event (type None) comes from a re-list rather than startup.
+
+    kopf lists again when a watch cannot resume (410 Gone after an API server restart,
+    connection errors while listing); what changed while the watch was down only shows
+    up in that listing. At startup, on_change(resume) already reconciles every owner.
+    """
+    return type is None and uptime_s > STARTUP_LISTING_S
+
+
 def on_child_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-    """A child changed (status, hand edit, deletion): reconcile its owner now."""
-    if type is None:
+    """A child changed (status, hand edit, deletion, or seen in a re-list): reconcile its owner."""
+    if type is None and not relisted(type, time.monotonic() - _STARTED):
         return  # the initial listing at startup: on_change(resume) covers every owner
     owner = owner_of(body)
     if owner is not None:
@@ -300,3 +333,15 @@ def on_child_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: 
 # hook gives server-side label selectors).
 for _group, _version, _plural in OWNED_KINDS:
     kopf.on.event(_group, _version, _plural, labels={LABEL_MANAGED_BY: MANAGED_BY})(on_child_event)
+_SHARD_COMPONENTS = frozenset(chain.component.value for chain in Chain)
+
+
+def _is_shard_component(value: str | None, **_: Any) -> bool:
+    return value in _SHARD_COMPONENTS
+
+
+# Shard pods of either chain only (the optimizer's Job reports through the Job itself).
+kopf.on.event(
+    *WATCHED_PODS,
+    labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: _is_shard_component},
+)(on_child_event)

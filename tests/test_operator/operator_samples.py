@@ -11,6 +11,7 @@ from typing import Any
 from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 from kubeaccel_api.validation import parse_resource
+from kubeaccel_operator.pods import Termination
 from kubeaccel_operator.reconcile import CHILD_KINDS, Observed
 
 NAME = "mnist"
@@ -113,18 +114,28 @@ def summary(artifact: str) -> str:
 def observed(
     *objects: Mapping[str, Any],
     messages: Mapping[str, str] | None = None,
+    terminations: Mapping[str, Termination] | None = None,
     claim_present: bool | None = None,
     providers: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Observed:
-    """Observed children from objects (copied, so tests can mutate freely)."""
+    """Observed children and pods from objects (copied, so tests can mutate freely).
+
+    `messages` are Job termination messages (exit code and reason unknown);
+    `terminations` give the whole of how a Job's last pod ended.
+    """
     by_kind: dict[str, dict[str, Any]] = {kind: {} for kind in CHILD_KINDS}
+    pods: dict[str, Any] = {}
     for obj in objects:
-        by_kind[obj["kind"]][obj["metadata"]["name"]] = copy.deepcopy(dict(obj))
+        target = pods if obj["kind"] == "Pod" else by_kind[obj["kind"]]
+        target[obj["metadata"]["name"]] = copy.deepcopy(dict(obj))
+    ended = {job: Termination(message=text) for job, text in (messages or {}).items()}
+    ended.update(terminations or {})
     return Observed(
         objects=by_kind,
-        messages=dict(messages or {}),
+        terminations=ended,
         claim_present=claim_present,
         providers=dict(providers or {}),
+        pods=pods,
     )
 
 

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kmock_support import Api, EmulatorThread
@@ -15,6 +14,7 @@ from kubeaccel_api.v1alpha1 import AcceleratedModel
 from kubeaccel_operator import kube
 from kubeaccel_operator.errors import ApiError, ForeignObject
 from kubeaccel_operator.manifests.deployment import build_deployment
+from kubeaccel_operator.pods import Termination
 from kubeaccel_operator.reconcile import Plan, reconcile
 from kubeaccel_operator.settings import Settings
 from operator_samples import GPU2, NAME, NOW, NS, aid, body, model
@@ -79,40 +79,6 @@ def test_a_field_removed_from_the_desired_object_counts_as_drift() -> None:
     after = kube.with_applied_hash(build_deployment(model(GPU2), 0, aid(GPU2), CFG))
     # Containment alone would miss it: everything `after` sets is still in `before`.
     assert kube.drifted(after, before)
-
-
-def test_the_latest_finished_container_gives_the_termination_message() -> None:
-    def pod(state: str, finished: str, message: str) -> dict[str, Any]:
-        return {
-            "status": {
-                "containerStatuses": [
-                    {
-                        "name": "optimize",
-                        state: {"terminated": {"finishedAt": finished, "message": message}},
-                    }
-                ]
-            }
-        }
-
-    pods = [
-        pod("state", "2025-01-01T00:00:01Z", "first try"),
-        pod("lastState", "2025-01-01T00:00:09Z", "second try"),
-        {
-            "status": {
-                "containerStatuses": [
-                    {
-                        "name": "sidecar",
-                        "state": {
-                            "terminated": {"finishedAt": "2030-01-01T00:00:00Z", "message": "no"}
-                        },
-                    }
-                ]
-            }
-        },
-        {"status": {}},
-    ]
-    assert kube.last_termination_message(pods, "optimize") == "second try"
-    assert kube.last_termination_message([], "optimize") == ""
 
 
 def test_required_permissions_name_verbs_for_every_call_and_merge_cleanly() -> None:
@@ -289,7 +255,12 @@ def test_observe_keeps_only_children_of_this_uid_and_reads_the_job_message(
     api.create(stranger)
     seen = client.observe(res)
     assert set(seen.of_kind("ConfigMap")) == {f"{NAME}-spec"}
-    assert seen.messages == {name: '{"artifactId": "x"}'}
+    assert seen.terminations == {
+        name: Termination(
+            exit_code=0, message='{"artifactId": "x"}', finished_at="2025-01-01T00:00:00Z"
+        )
+    }
+    assert seen.pods == {}  # no shard Deployment yet: no pods listed
 
 
 def test_the_resource_is_read_and_its_status_patched(cluster: Live) -> None:

@@ -17,11 +17,11 @@ from kubeaccel_operator.manifests.job import build_job
 from kubeaccel_operator.manifests.pdb import build_pdb
 from kubeaccel_operator.manifests.pvc import build_artifacts_pvc
 from kubeaccel_operator.manifests.service import build_main_service, build_shard_service
+from kubeaccel_operator.pods import message_tail
 from kubeaccel_operator.reconcile import (
     Observed,
     Plan,
     invalid_status,
-    message_tail,
     parse_summary,
     reconcile,
 )
