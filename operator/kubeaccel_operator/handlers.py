@@ -61,6 +61,7 @@ _locks: dict[tuple[str, str], threading.Lock] = {}
 _queued: set[tuple[str, str]] = set()
 # Resources whose rollout is waiting for its verdict (rebuilt by resume after a restart).
 _rolling: set[tuple[str, str]] = set()
+_retrying: set[tuple[str, str]] = set()
 _registry_lock = threading.Lock()
 
 
@@ -240,7 +241,12 @@ def owner_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
 def reconcile_owner(
     namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]
 ) -> None:
-    """Re-run the owner's reconcile after a child changed; coalesces bursts of events."""
+    """Re-run the owner's reconcile after a child changed; coalesces bursts of events.
+
+    A temporary API failure (the API server restarting, a dropped connection) schedules
+    the same reconcile again after KUBEACCEL_RETRY_DELAY: the child event that asked for
+    it will not come again.
+    """
     key = (namespace, name)
     with _registry_lock:
         if key in _queued:
@@ -255,6 +261,7 @@ def reconcile_owner(
             body = cluster.get_model(namespace, name)
         except ApiError as exc:
             logger.warning("cannot read AcceleratedModel %s/%s: %s", namespace, name, exc)
+            _retry_later(key, exc, cfg.retry_delay, logger)
             return
         if body is None:
             with _registry_lock:
@@ -268,10 +275,35 @@ def reconcile_owner(
                 cluster.patch_model_status(namespace, name, update)
             except ApiError as exc:
                 logger.warning("cannot write status of %s/%s: %s", namespace, name, exc)
+                _retry_later(key, exc, cfg.retry_delay, logger)
     _post(cluster, body, result, logger)
     if result.error is not None and not isinstance(result.error, InvalidSpec | NotReady):
-        # The periodic resync (resync_forever) retries; this child event has nothing to retry.
         logger.warning("reconcile of %s/%s failed: %s", namespace, name, result.error)
+        _retry_later(key, result.error, cfg.retry_delay, logger)
+
+
+def _retry_later(
+    key: tuple[str, str],
+    error: OperatorError,
+    delay: float,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """Reconcile `key` again after `delay` if `error` can heal (one pending retry per key)."""
+    if not isinstance(error, ApiError) or not error.temporary:
+        return  # the next change or the periodic resync will try again
+    with _registry_lock:
+        if key in _retrying:
+            return
+        _retrying.add(key)
+
+    def again() -> None:
+        with _registry_lock:
+            _retrying.discard(key)
+        reconcile_owner(*key, logger)
+
+    timer = threading.Timer(delay, again)
+    timer.daemon = True
+    timer.start()
 
 
 def resync(namespaces: tuple[str, ...], logger: logging.Logger) -> int:

@@ -192,3 +192,60 @@ def deployment_available(
         "availableReplicas": ready,
     }
     return out
+
+
+def shard_pod(
+    deployment: Mapping[str, Any],
+    suffix: str = "abcde",
+    *,
+    ready: bool = False,
+    waiting: tuple[str, str] | None = None,
+    terminated: Mapping[str, Any] | None = None,
+    last_terminated: Mapping[str, Any] | None = None,
+    unschedulable: str | None = None,
+) -> dict[str, Any]:
+    """A pod of `deployment`'s template as the kubelet reports it.
+
+    `waiting` is (reason, message); `terminated`/`last_terminated` are the kubelet's
+    terminated records of the runtime container now and before its last restart.
+    """
+    template = deployment["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    state: dict[str, Any] = {"running": {"startedAt": "2025-01-02T03:04:05Z"}}
+    if waiting is not None:
+        state = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
+    if terminated is not None:
+        state = {"terminated": dict(terminated)}
+    status: dict[str, Any] = {"phase": "Running" if ready else "Pending", "conditions": []}
+    if unschedulable is not None:
+        status["conditions"].append(
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": unschedulable,
+            }
+        )
+    else:
+        status["containerStatuses"] = [
+            {
+                "name": container["name"],
+                "image": container["image"],
+                "ready": ready,
+                "restartCount": 1 if last_terminated else 0,
+                "state": state,
+                "lastState": {"terminated": dict(last_terminated)} if last_terminated else {},
+            }
+        ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{deployment['metadata']['name']}-7d9f8-{suffix}",
+            "namespace": deployment["metadata"]["namespace"],
+            "labels": dict(template["metadata"]["labels"]),
+            "annotations": dict(template["metadata"]["annotations"]),
+        },
+        "spec": copy.deepcopy(template["spec"]),
+        "status": status,
+    }

@@ -16,7 +16,7 @@ from kubeaccel_api.v1alpha1 import AcceleratedModel
 from kubeaccel_operator import handlers, kube
 from kubeaccel_operator.errors import ApiError, ForeignObject
 from kubeaccel_operator.reconcile import Observed, Plan
-from kubeaccel_operator.settings import get_settings
+from kubeaccel_operator.settings import Settings, get_settings
 from operator_samples import GPU2, NAME, NS, UID, body, observed
 
 LOG = logging.getLogger("test")
@@ -315,3 +315,81 @@ def test_resources_rolling_out_are_remembered_for_the_poll_until_their_verdict()
     done = rollout.model_copy(update={"phase": "Promoted"})
     handlers._track_rollout(key, handlers.Result(AcceleratedModelStatus(rollout=done)))
     assert key not in handlers.rolling_out()
+
+
+def test_a_shard_pod_event_reconciles_the_model_its_labels_name() -> None:
+    pod = {
+        "kind": "Pod",
+        "metadata": {
+            "namespace": "ns",
+            "labels": {
+                "app.kubernetes.io/managed-by": "kubeaccel-operator",
+                "kubeaccel.io/model": "m",
+            },
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "m-x"}],
+        },
+    }
+    assert handlers.owner_of(pod) == ("ns", "m")
+    foreign = {**pod, "metadata": {**pod["metadata"], "labels": {"kubeaccel.io/model": "m"}}}
+    assert handlers.owner_of(foreign) is None
+    not_a_pod = {**pod, "kind": "ConfigMap"}
+    assert handlers.owner_of(not_a_pod) is None
+
+
+def test_a_listing_is_a_relist_only_after_startup() -> None:
+    assert not handlers.relisted(None, 1.0)  # the startup listing: resume covers it
+    assert handlers.relisted(None, handlers.STARTUP_LISTING_S + 1)
+    assert not handlers.relisted("MODIFIED", handlers.STARTUP_LISTING_S + 1)
+
+
+def test_a_child_event_that_meets_an_api_outage_is_retried_until_it_gets_through(
+    fake: FakeCluster, events: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "get_settings", lambda: Settings(retry_delay=0.05))
+    failures = [ApiError(0, "no response"), ApiError(503, "apiserver is starting")]
+    read = fake.get_model
+
+    def flaky_read(namespace: str, name: str) -> dict[str, Any] | None:
+        if failures:
+            raise failures.pop(0)
+        return read(namespace, name)
+
+    fake.get_model = flaky_read  # type: ignore[method-assign]
+    handlers.reconcile_owner(NS, NAME, LOG)
+    assert fake.status_patches == []
+    deadline = time.monotonic() + 10
+    while not fake.status_patches and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.status_patches[-1]["phase"] == "Optimizing"
+    assert failures == [] and fake.reads == 1
+
+
+def test_a_status_that_cannot_be_written_is_written_on_the_retry(
+    fake: FakeCluster, events: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "get_settings", lambda: Settings(retry_delay=0.05))
+    write = fake.patch_model_status
+    refused: list[Mapping[str, Any]] = []
+
+    def flaky_write(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        if not refused:
+            refused.append(status)
+            raise ApiError(0, "connection reset")
+        write(namespace, name, status)
+
+    fake.patch_model_status = flaky_write  # type: ignore[method-assign]
+    handlers.reconcile_owner(NS, NAME, LOG)
+    deadline = time.monotonic() + 10
+    while not fake.status_patches and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert refused and fake.status_patches[-1]["phase"] == "Optimizing"
+
+
+def test_a_permanent_failure_is_not_retried(
+    fake: FakeCluster, events: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "get_settings", lambda: Settings(retry_delay=60))
+    fake.fail_apply = ApiError(422, "Invalid value", kind="Deployment", name="d")
+    handlers.reconcile_owner(NS, NAME, LOG)
+    assert not handlers._retrying  # a retry would have been scheduled before returning
+    assert fake.reads == 1
