@@ -6,7 +6,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import kopf
@@ -17,7 +17,7 @@ from kubeaccel_operator import handlers, kube
 from kubeaccel_operator.errors import ApiError, ForeignObject
 from kubeaccel_operator.reconcile import Observed, Plan
 from kubeaccel_operator.settings import Settings, get_settings
-from operator_samples import GPU2, NAME, NS, UID, body, observed
+from operator_samples import GPU2, NAME, NS, UID, body, job_complete, observed, summary
 
 LOG = logging.getLogger("test")
 
@@ -34,10 +34,11 @@ class FakeCluster:
         self.status_patches: list[Mapping[str, Any]] = []
         self.events: list[tuple[str, str, str, str]] = []  # (object, type, reason, message)
         self.reads = 0
+        self.job_messages: dict[str, str] = {}
 
     def observe(self, res: AcceleratedModel) -> Observed:
         objs = [o for kind in self.children.values() for o in kind.values()]
-        return observed(*objs, claim_present=self.claim_present)
+        return observed(*objs, messages=self.job_messages, claim_present=self.claim_present)
 
     def apply(self, res: AcceleratedModel, plan: Plan, seen: Observed) -> kube.ApplyResult:
         if self.fail_apply is not None:
@@ -393,3 +394,125 @@ def test_a_permanent_failure_is_not_retried(
     handlers.reconcile_owner(NS, NAME, LOG)
     assert not handlers._retrying  # a retry would have been scheduled before returning
     assert fake.reads == 1
+
+
+# The same model re-optimized differently: a new artifact, rolled over the running one.
+OPT2 = {**GPU2, "optimization": {"partition": {"shards": 2}, "quantization": {"mode": "auto"}}}
+
+
+class Killed(BaseException):
+    """The operator process died (SIGKILL, OOM, node loss) in the middle of an apply."""
+
+
+class DyingCluster(FakeCluster):
+    """A FakeCluster whose operator dies after `writes_left` more writes (-1: never)."""
+
+    def __init__(self, model_body: dict[str, Any], writes_left: int = -1) -> None:
+        super().__init__(model_body)
+        self.writes_left = writes_left
+        self.died = False
+        self.writes = 0
+        self.creations: list[str] = []
+
+    def _write(self) -> None:
+        if self.writes_left == 0:
+            self.writes_left = -1  # it comes back, and does not die twice
+            self.died = True
+            raise Killed()
+        if self.writes_left > 0:
+            self.writes_left -= 1
+        self.writes += 1
+
+    def apply(self, res: AcceleratedModel, plan: Plan, seen: Observed) -> kube.ApplyResult:
+        result = kube.ApplyResult()
+        for obj in plan.objects:
+            kind, name = obj["kind"], obj["metadata"]["name"]
+            current = self.children.get(kind, {}).get(name)
+            if current is not None and (kind == "Job" or current == obj):
+                continue  # unchanged (a Job is created once and never patched)
+            self._write()
+            if current is None:
+                self.creations.append(f"{kind}/{name}")
+                result.created.append(f"{kind}/{name}")
+            self.children.setdefault(kind, {})[name] = copy.deepcopy(obj)
+        for kind, name in plan.delete:
+            self._write()
+            self.children.get(kind, {}).pop(name, None)
+            result.deleted.append(f"{kind}/{name}")
+        self.applied.append(plan)
+        return result
+
+    def settle(self) -> None:
+        """Reconcile until nothing changes, surviving a death (the restart resumes)."""
+        for _ in range(6):
+            try:
+                handlers.reconcile_owner(NS, NAME, LOG)
+            except Killed:
+                continue
+
+    def finish_jobs(self) -> None:
+        """The Job controller and kubelet: every Job completes with its summary."""
+        for name, job in self.children.get("Job", {}).items():
+            self.children["Job"][name] = job_complete(job)
+            self.job_messages[name] = summary(job["metadata"]["labels"]["kubeaccel.io/artifact-id"])
+
+    def names(self) -> dict[str, set[str]]:
+        return {kind: set(objs) for kind, objs in self.children.items() if objs}
+
+
+def changed_to_opt2(cluster: DyingCluster) -> None:
+    """GPU2 optimized and deployed, then the spec changed to a new artifact (OPT2)."""
+    cluster.settle()
+    cluster.finish_jobs()
+    cluster.settle()
+    assert cluster.model is not None
+    cluster.model["spec"] = body(OPT2)["spec"]
+    cluster.model["metadata"]["generation"] = 2
+
+
+def opt2_optimized(cluster: DyingCluster) -> None:
+    """... and the new artifact's Job has just completed: the shards roll next."""
+    changed_to_opt2(cluster)
+    cluster.settle()
+    cluster.finish_jobs()
+
+
+@pytest.fixture
+def dying() -> Iterator[list[DyingCluster]]:
+    made: list[DyingCluster] = []
+    yield made
+    handlers.set_cluster(None)
+
+
+def _run_with_death(
+    made: list[DyingCluster], prepare: Callable[[DyingCluster], None], writes: int
+) -> DyingCluster:
+    cluster = DyingCluster(body(GPU2))
+    made.append(cluster)
+    handlers.set_cluster(cluster)
+    prepare(cluster)
+    cluster.writes_left, cluster.writes = writes, 0
+    cluster.settle()
+    return cluster
+
+
+@pytest.mark.parametrize(
+    "prepare",
+    [lambda c: None, changed_to_opt2, opt2_optimized],
+    ids=["before the Job exists", "new artifact: its Job, the old one deleted", "mid-rollout"],
+)
+def test_the_operator_killed_after_any_write_converges_without_duplicates(
+    dying: list[DyingCluster], prepare: Callable[[DyingCluster], None]
+) -> None:
+    reference = _run_with_death(dying, prepare, writes=-1)
+    assert reference.writes > 0
+    for k in range(reference.writes):
+        cluster = _run_with_death(dying, prepare, writes=k)
+        assert cluster.died
+        assert cluster.names() == reference.names(), f"died after write {k}"
+        assert len(cluster.creations) == len(set(cluster.creations)), cluster.creations
+        artifacts = [
+            j["metadata"]["labels"]["kubeaccel.io/artifact-id"]
+            for j in cluster.children.get("Job", {}).values()
+        ]
+        assert len(artifacts) == len(set(artifacts)) == 1  # one Job, of the current artifact
