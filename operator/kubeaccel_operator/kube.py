@@ -118,6 +118,7 @@ RESOURCES: dict[str, ApiResource] = {
     "PodDisruptionBudget": ApiResource("policy", "v1", "poddisruptionbudgets"),
     "HorizontalPodAutoscaler": ApiResource("autoscaling", "v2", "horizontalpodautoscalers"),
     "ScaledObject": ApiResource("keda.sh", "v1alpha1", "scaledobjects"),
+    "NetworkPolicy": ApiResource("networking.k8s.io", "v1", "networkpolicies"),
     "Pod": ApiResource("", "v1", "pods"),
     "Event": ApiResource("", "v1", "events"),
     "AcceleratedModel": ApiResource(GROUP, VERSION, PLURAL),
@@ -164,6 +165,12 @@ APPLICATION_PERMISSIONS: tuple[Permission, ...] = (
     ),
     # Used only where KEDA is installed (discovery tells; no RBAC needed for that).
     ("keda.sh", "scaledobjects", frozenset({"get", "list", "create", "patch", "delete"})),
+    # The opt-in NetworkPolicy of each shard (spec.networkPolicy).
+    (
+        "networking.k8s.io",
+        "networkpolicies",
+        frozenset({"get", "list", "watch", "create", "patch", "delete"}),
+    ),
 )
 # Every API call the operator process makes (kopf included), for RBAC.
 REQUIRED_PERMISSIONS: tuple[Permission, ...] = FRAMEWORK_PERMISSIONS + APPLICATION_PERMISSIONS

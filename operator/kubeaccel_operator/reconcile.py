@@ -92,6 +92,7 @@ CHILD_KINDS: tuple[str, ...] = (
     "PodDisruptionBudget",
     "HorizontalPodAutoscaler",
     "ScaledObject",
+    "NetworkPolicy",
 )
 # Kinds whose observed objects the plan never deletes: a claim holds artifacts that
 # may still be serving; it goes away with the resource (owner reference) only.

@@ -32,6 +32,7 @@ OWNED_KINDS = (
     ("", "v1", "services"),
     ("apps", "v1", "deployments"),
     ("policy", "v1", "poddisruptionbudgets"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
 )
 # Shard pods are not the operator's (ReplicaSets own them) but say why a shard cannot
 # start; they are watched read-only, selected by the labels the Deployments give them.
@@ -127,6 +128,11 @@ class Settings(BaseModel):
         default="2Gi",
         pattern=QUANTITY_PATTERN,
         description="Memory request and limit of the optimizer.",
+    )
+    network_policy: bool = Field(
+        default=False,
+        description="Create shard NetworkPolicies for resources that do not say "
+        "(spec.networkPolicy.enabled).",
     )
     peering_name: str | None = Field(
         default=None, description="kopf peering object name; empty = standalone (no peering)."

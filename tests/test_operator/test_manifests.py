@@ -18,6 +18,7 @@ from kubeaccel_operator.manifests.common import (
 from kubeaccel_operator.manifests.configmap import build_spec_configmap
 from kubeaccel_operator.manifests.deployment import build_deployment
 from kubeaccel_operator.manifests.job import build_job
+from kubeaccel_operator.manifests.networkpolicy import build_network_policy, network_policy_enabled
 from kubeaccel_operator.manifests.pdb import build_pdb
 from kubeaccel_operator.manifests.pvc import build_artifacts_pvc
 from kubeaccel_operator.manifests.service import build_main_service, build_shard_service
@@ -36,10 +37,11 @@ class Hex16:
 
 
 class SpecJson:
-    """Matches KUBEACCEL_SPEC: compact JSON of the spec without storage."""
+    """Matches KUBEACCEL_SPEC: compact JSON of the spec without storage and networkPolicy."""
 
     def __init__(self, spec: AcceleratedModelSpec) -> None:
-        self.expected = {k: v for k, v in spec.to_wire().items() if k != "storage"}
+        skip = ("storage", "networkPolicy")
+        self.expected = {k: v for k, v in spec.to_wire().items() if k not in skip}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, str) and json.loads(other) == self.expected
@@ -810,6 +812,7 @@ def test_runtime_changes_change_the_pod_hash_and_storage_changes_do_not(cfg: Set
     assert pod_hash({"runtime": {"batching": {"enabled": True}}}) != base
     assert pod_hash({"limits": {"maxBatch": 8}}) != base
     assert pod_hash({"storage": {"pvc": {"size": "20Gi"}}}) == base
+    assert pod_hash({"networkPolicy": {"enabled": True}}) == base  # fences, no roll
     assert pod_hash({}) == base
 
 
@@ -835,3 +838,54 @@ def test_runtime_threads_follow_the_cpu_request(cfg: Settings, cpu: str, threads
         "containers"
     ][0]["args"]
     assert args[-2:] == ["--threads", threads]
+
+
+def test_shard_network_policies_admit_clients_to_shard_0_and_shard_i_minus_1_to_shard_i() -> None:
+    res = model(GPU2)
+
+    def policy(shard: int, peers: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": f"{NAME}-shard-{shard}",
+                "namespace": NS,
+                "labels": common_labels("runtime", **{"kubeaccel.io/shard": str(shard)}),
+                "ownerReferences": [OWNER],
+            },
+            "spec": {
+                "podSelector": {"matchLabels": selector(shard)},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": 8080}]}],
+            },
+        }
+
+    clients = [{"podSelector": {"matchLabels": {"kubeaccel.io/client": "true"}}}]
+    assert build_network_policy(res, 0) == policy(0, clients)
+    assert build_network_policy(res, 1) == policy(
+        1, [{"podSelector": {"matchLabels": selector(0)}}]
+    )
+
+
+def test_named_clients_replace_the_client_label() -> None:
+    peers = [
+        {"namespaceSelector": {"matchLabels": {"team": "web"}}},
+        {"ipBlock": {"cidr": "10.1.0.0/16"}},
+    ]
+    res = model({"networkPolicy": {"enabled": True, "clients": peers}})
+    assert build_network_policy(res, 0)["spec"]["ingress"][0]["from"] == peers
+
+
+@pytest.mark.parametrize(
+    ("spec", "default", "enabled"),
+    [
+        ({}, False, False),
+        ({}, True, True),
+        ({"networkPolicy": {"enabled": False}}, True, False),
+        ({"networkPolicy": {"enabled": True}}, False, True),
+    ],
+)
+def test_the_spec_decides_network_policies_and_the_operator_default_fills_in(
+    spec: dict[str, Any], default: bool, enabled: bool
+) -> None:
+    assert network_policy_enabled(model(spec), Settings(network_policy=default)) is enabled

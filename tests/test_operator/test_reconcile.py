@@ -860,8 +860,35 @@ def test_objects_are_ordered_dependencies_first() -> None:
             "Service",
             "Deployment",
             "PodDisruptionBudget",
+            "NetworkPolicy",
         ].index,
     )
+
+
+def test_network_policies_come_with_the_shards_and_go_when_disabled() -> None:
+    fenced = {**GPU2, "networkPolicy": {"enabled": True}}
+    plan = reconcile(model(fenced, status=ready_status(GPU2)), observed(*serving(GPU2)), CFG, NOW)
+    policies = {o["metadata"]["name"] for o in plan.objects if o["kind"] == "NetworkPolicy"}
+    assert policies == {"mnist-shard-0", "mnist-shard-1"}
+    assert plan.objects[-1]["kind"] == "NetworkPolicy"  # after the pods they fence
+    live_policies = [o for o in plan.objects if o["kind"] == "NetworkPolicy"]
+    # Turned off again: they are deleted; nothing rolls (the pod template is unchanged).
+    again = reconcile(
+        model(GPU2, status=plan.status), observed(*serving(GPU2), *live_policies), CFG, NOW
+    )
+    assert {f"{k}/{n}" for k, n in again.delete} == {
+        "NetworkPolicy/mnist-shard-0",
+        "NetworkPolicy/mnist-shard-1",
+    }
+    assert again.status.phase.value == "Ready"
+    # The operator's default applies when the spec does not say.
+    on_by_default = reconcile(
+        model(GPU2, status=ready_status(GPU2)),
+        observed(*serving(GPU2)),
+        Settings(network_policy=True),
+        NOW,
+    )
+    assert sum(o["kind"] == "NetworkPolicy" for o in on_by_default.objects) == 2
 
 
 def test_s3_storage_optimizes_without_a_claim_and_serves_from_the_bucket() -> None:

@@ -74,4 +74,9 @@ or deleted by hand triggers a reconcile of its owner at once.
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
   verbs: ["get", "list", "create", "patch", "delete"]
+# The opt-in NetworkPolicy of each shard: only clients reach shard 0, only shard i-1
+# reaches shard i (spec.networkPolicy, default from networkPolicy.enabled).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- end }}

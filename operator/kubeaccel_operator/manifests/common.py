@@ -310,13 +310,14 @@ def artifacts_volume(res: AcceleratedModel, *, read_only: bool) -> dict[str, Any
 
 
 def serving_spec(res: AcceleratedModel) -> dict[str, Any]:
-    """The spec the runtime reads (KUBEACCEL_SPEC): everything but storage.
+    """The spec the runtime reads (KUBEACCEL_SPEC): everything but storage and network.
 
-    Storage only tells the operator where artifacts live, so a storage edit must not
-    roll the serving pods.
+    Storage only tells the operator where artifacts live and networkPolicy who may reach
+    the pods, so editing them must not roll the serving pods.
     """
     wire = res.spec.to_wire()
     wire.pop("storage", None)
+    wire.pop("networkPolicy", None)
     return wire
 
 
