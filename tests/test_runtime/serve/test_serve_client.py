@@ -219,3 +219,23 @@ def test_only_503_is_a_retriable_answer() -> None:
     assert [
         code for code in (200, 400, 404, 413, 422, 500, 502, 503) if retriable_status(code)
     ] == [503]
+
+
+@pytest.mark.parametrize("engine", ["raw", "httpx"])
+def test_without_a_first_check_an_unreachable_server_is_counted_not_raised(engine: str) -> None:
+    from serve_fixtures import free_port
+
+    spec = LoadSpec(
+        url=f"http://127.0.0.1:{free_port()}",
+        model="mlp",
+        inputs={"x": np.ones((1, 4), np.float32)},
+        requests=5,
+        duration_s=20,
+        warmup=2,
+        engine=engine,  # type: ignore[arg-type]
+        check_first=False,
+        retry=RetryPolicy(retries=1, backoff_s=0.001),
+    )
+    result = run(spec)
+    assert (result.requests, result.errors, result.statuses) == (5, 5, {0: 5})
+    assert result.retries == 5  # connection refused is retried once, then counted
