@@ -194,8 +194,9 @@ def test_a_resource_being_deleted_is_left_to_garbage_collection(
 
 
 def test_a_child_event_reconciles_the_owner_and_writes_its_status(
-    fake: FakeCluster, events: list[Any]
+    fake: FakeCluster, events: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(handlers, "_STARTED", time.monotonic())  # the operator just started
     child = {"metadata": {"name": "mnist-shard-0", "namespace": NS, "ownerReferences": [
         {"apiVersion": "kubeaccel.io/v1alpha1", "kind": "AcceleratedModel", "name": NAME, "uid": UID, "controller": True}
     ]}}  # fmt: skip
