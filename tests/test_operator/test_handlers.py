@@ -517,3 +517,14 @@ def test_the_operator_killed_after_any_write_converges_without_duplicates(
             for j in cluster.children.get("Job", {}).values()
         ]
         assert len(artifacts) == len(set(artifacts)) == 1  # one Job, of the current artifact
+
+
+def test_a_child_seen_in_a_relist_after_startup_reconciles_its_owner(
+    fake: FakeCluster, events: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "_STARTED", time.monotonic() - handlers.STARTUP_LISTING_S - 1)
+    child = {"metadata": {"name": "mnist-shard-0", "namespace": NS, "ownerReferences": [
+        {"apiVersion": "kubeaccel.io/v1alpha1", "kind": "AcceleratedModel", "name": NAME, "uid": UID, "controller": True}
+    ]}}  # fmt: skip
+    handlers.on_child_event(type=None, body=kopf.Body(child), logger=LOG)
+    assert fake.reads == 1 and fake.status_patches[-1]["phase"] == "Optimizing"
