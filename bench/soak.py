@@ -43,11 +43,9 @@ sys.path.insert(0, str(ROOT / "e2e"))
 from kubeaccel_e2e import (  # noqa: E402
     READY_TIMEOUT,
     RELEASE_NAMESPACE,
-    RUNTIME_IMAGE,
     Kube,
     cluster_problem,
     condition,
-    image_example,
     sh,
     wait_until,
 )
@@ -128,8 +126,8 @@ def phase_of(window: int, windows: int) -> str:
 
 
 def example_resource(name: str, cpu: str) -> dict[str, Any]:
-    """The example CNN (as built into the runtime image) with 2 replicas per shard."""
-    text = image_example(RUNTIME_IMAGE, "cnn") or (ROOT / "examples" / "cnn.yaml").read_text()
+    """The example CNN (the optimizer image carries its model) with 2 replicas per shard."""
+    text = (ROOT / "examples" / "cnn.yaml").read_text()
     res = next(d for d in yaml.safe_load_all(text) if d and d.get("kind") == "AcceleratedModel")
     res = copy.deepcopy(res)
     res["metadata"] = {"name": name}

@@ -22,6 +22,7 @@ from kubeaccel_e2e import (
     RUNTIME_IMAGE,
     SHORT_TIMEOUT,
     Kube,
+    model_pods_problem,
     sh,
     wait_until,
 )
@@ -266,6 +267,19 @@ def assert_nothing_lost_or_duplicated(kube: Kube, resource: Mapping[str, Any]) -
         assert owners == [uid], f"{obj['kind']} {obj['metadata']['name']} is not owned by {name}"
     services = sorted(s["metadata"]["name"] for s in children(kube, name, "services"))
     assert services == sorted([name, *(f"{name}-shard-{i}" for i in range(shards))])
+
+
+def wait_unstuck(kube: Kube, model: str) -> None:
+    """Wait until no pod of the model is stuck any more (after a fault is taken back).
+
+    wait_ready gives up at once on a stuck pod; right after a fix the pods of the broken
+    template (or pods left unschedulable by a drain) still look stuck for a moment.
+    """
+    wait_until(
+        f"the pods of {model} to recover",
+        lambda: model_pods_problem(kube, model) is None,
+        SHORT_TIMEOUT,
+    )
 
 
 def shard_pods(kube: Kube, model: str, shard: int | None = None) -> list[dict[str, Any]]:

@@ -26,6 +26,8 @@ from kubeaccel_e2e import (
     SHORT_TIMEOUT,
     Kube,
     condition,
+    get_model,
+    wait_ready,
     wait_until,
 )
 from kubeaccel_faults import (
@@ -50,8 +52,8 @@ from kubeaccel_faults import (
     stop_apiserver,
     wait_client_started,
     wait_operator_back,
+    wait_unstuck,
 )
-from test_2_lifecycle import get_model, wait_ready
 from test_3_gpu import gpu_capacity
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
@@ -347,6 +349,7 @@ def test_a_drained_node_keeps_a_replica_of_each_shard_and_everything_returns(
             )
     finally:
         namespace("uncordon", node)
+    wait_unstuck(namespace, NAME)
     status = wait_ready(namespace, NAME, gen)["status"]
     assert status["readyShards"] == "2/2"
     operator_pod()
@@ -425,6 +428,7 @@ def test_a_shard_that_cannot_start_leaves_deploying_within_a_minute_with_its_rea
             assert (dep.get("status") or {}).get("availableReplicas", 0) >= 1
     finally:
         gen = patch_spec(namespace, {"runtime": undo(change, original)})
+    wait_unstuck(namespace, NAME)
     wait_ready(namespace, NAME, gen)
     assert_nothing_lost_or_duplicated(namespace, resource)
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubeaccel_e2e import RELEASE, SHORT_TIMEOUT, Kube
+from kubeaccel_e2e import RELEASE, SHORT_TIMEOUT, Kube, get_model, wait_ready
 from kubeaccel_faults import (
     ANSWERS_SCRIPT,
     CLIENT_LABEL,
@@ -30,7 +30,6 @@ from kubeaccel_faults import (
     shard_pods,
 )
 from kubeaccel_operator.kube import REQUIRED_PERMISSIONS
-from test_2_lifecycle import get_model, wait_ready
 
 pytestmark = pytest.mark.e2e
 

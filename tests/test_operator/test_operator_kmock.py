@@ -406,7 +406,17 @@ def test_a_lost_watch_event_is_recovered_by_the_periodic_resync(env: Env) -> Non
 def kubelet_reports(env: Env, deployment: dict[str, Any], status: dict[str, Any]) -> str:
     """Do what the ReplicaSet controller and the kubelet do: a pod of the template, its status."""
     template = deployment["spec"]["template"]
-    name = f"{deployment['metadata']['name']}-5f7d9-{len(env.api.list('Pod', NS))}"
+    replica_set = f"{deployment['metadata']['name']}-5f7d9"
+    name = f"{replica_set}-{len(env.api.list('Pod', NS))}"
+    # The emulator has no ReplicaSets: the reference borrows the Deployment's uid so that
+    # its garbage collector keeps the pod.
+    owner = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "name": replica_set,
+        "uid": deployment["metadata"]["uid"],
+        "controller": True,
+    }
     env.api.create(
         {
             "apiVersion": "v1",
@@ -416,6 +426,7 @@ def kubelet_reports(env: Env, deployment: dict[str, Any], status: dict[str, Any]
                 "namespace": NS,
                 "labels": template["metadata"]["labels"],
                 "annotations": template["metadata"]["annotations"],
+                "ownerReferences": [owner],
             },
             "spec": template["spec"],
         }
