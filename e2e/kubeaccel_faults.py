@@ -188,6 +188,16 @@ def run_client(
     return json.loads(client_output(kube, name, timeout).strip().splitlines()[-1])
 
 
+def sample_answers(kube: Kube, model: str, seconds: float, **kw: Any) -> dict[str, Any]:
+    """Send the same request through the model's Service for `seconds` from a client pod:
+    how many answers had each status and each distinct output."""
+    args = [service_url(kube, model), model, str(seconds)]
+    answers: dict[str, Any] = run_client(
+        kube, "answers", ANSWERS_SCRIPT, args, SHORT_TIMEOUT + seconds, **kw
+    )
+    return answers
+
+
 def service_url(kube: Kube, service: str) -> str:
     """In-cluster base URL of a Service of the namespace."""
     return f"http://{service}.{kube.namespace}.svc:{RUNTIME_PORT}"
@@ -221,6 +231,11 @@ def kill_operator() -> str:
     name = str(operator_pod()["metadata"]["name"])
     operator()("delete", "pod", name, "--grace-period=0", "--force", "--wait=false")
     return name
+
+
+def restart_operator() -> None:
+    """Kill the operator pod (no grace) and wait for its replacement to be ready."""
+    wait_operator_back(kill_operator())
 
 
 def wait_operator_back(killed: str) -> None:

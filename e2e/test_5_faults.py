@@ -43,8 +43,9 @@ from kubeaccel_faults import (
     kill_operator,
     operator,
     operator_pod,
+    restart_operator,
     restarts,
-    run_client,
+    sample_answers,
     service_url,
     shard_pods,
     start_apiserver,
@@ -175,8 +176,7 @@ def test_the_operator_killed_while_the_job_runs_converges_on_the_same_job(
     gen, artifact = new_artifact(namespace, resource, seed=101)
     job = job_of(namespace, artifact)
     running_job_pod(namespace, job["metadata"]["name"])
-    killed = kill_operator()
-    wait_operator_back(killed)
+    restart_operator()
     status = wait_ready(namespace, NAME, gen)["status"]
     assert status["deployedArtifactId"] == artifact
     assert job_of(namespace, artifact)["metadata"]["uid"] == job["metadata"]["uid"]
@@ -204,8 +204,7 @@ def test_the_operator_killed_mid_rollout_of_a_new_artifact_converges(
         return bool(moved) and not done
 
     wait_until("the shards rolling to the new artifact", rolling, READY_TIMEOUT, interval=0.5)
-    killed = kill_operator()
-    wait_operator_back(killed)
+    restart_operator()
     status = wait_ready(namespace, NAME, gen)["status"]
     assert status["deployedArtifactId"] == artifact
     assert job_of(namespace, artifact)["metadata"]["uid"] == job["metadata"]["uid"]
@@ -266,13 +265,7 @@ def test_a_job_out_of_memory_fails_naming_the_limit_and_the_old_artifact_keeps_s
         assert "96Mi" in optimized["message"]
         assert warnings(namespace, "OOMKilled"), "a Warning Event must say OOMKilled"
         assert obj["status"]["deployedArtifactId"] == serving
-        answers = run_client(
-            namespace,
-            "oom-check",
-            ANSWERS_SCRIPT,
-            [service_url(namespace, NAME), NAME, "5"],
-            SHORT_TIMEOUT,
-        )
+        answers = sample_answers(namespace, NAME, 5)
         assert set(answers["statuses"]) == {"200"}, answers
     finally:
         operator()("set", "env", f"deployment/{RELEASE}", restore)

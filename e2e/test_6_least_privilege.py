@@ -19,14 +19,13 @@ from typing import Any
 import pytest
 from kubeaccel_e2e import RELEASE, SHORT_TIMEOUT, Kube, get_model, wait_ready
 from kubeaccel_faults import (
-    ANSWERS_SCRIPT,
     CLIENT_LABEL,
     REACH_SCRIPT,
     RUNTIME_PORT,
     SA_TOKEN_DIR,
     operator,
     run_client,
-    service_url,
+    sample_answers,
     shard_pods,
 )
 from kubeaccel_operator.kube import REQUIRED_PERMISSIONS
@@ -147,14 +146,7 @@ def test_each_shard_has_a_network_policy_admitting_only_its_callers(
     (previous,) = shard1["spec"]["ingress"][0]["from"]
     assert previous["podSelector"]["matchLabels"]["kubeaccel.io/shard"] == "0"
     # Clients get answers: they reach shard 0, and shard 0 reaches shard 1.
-    answers = run_client(
-        namespace,
-        "client",
-        ANSWERS_SCRIPT,
-        [service_url(namespace, NAME), NAME, "3"],
-        SHORT_TIMEOUT,
-        labels={CLIENT_LABEL: "true"},
-    )
+    answers = sample_answers(namespace, NAME, 3, labels={CLIENT_LABEL: "true"})
     assert set(answers["statuses"]) == {"200"}, answers
 
 

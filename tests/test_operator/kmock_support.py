@@ -31,7 +31,6 @@ plain HTTP.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import datetime
 import gzip
@@ -732,111 +731,6 @@ class Api:
     def delete(self, kind: str, ns: str, name: str) -> None:
         """Delete an object."""
         self.request("DELETE", self.path(kind, ns, name))
-
-
-class FlakyProxy:
-    """A TCP forwarder in front of the emulator that can play an API server outage.
-
-    While down it accepts connections and closes them at once (as the cluster's
-    apiserver forwarder does when the apiserver process is stopped) and cuts every open
-    connection, watch streams included; when up again it forwards as before.
-    """
-
-    def __init__(self, target_url: str) -> None:
-        import socket
-
-        host, port = target_url.removeprefix("http://").rsplit(":", 1)
-        self.target = (host, int(port))
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.refused = 0  # connections turned away while down
-        self._down = threading.Event()
-        self._stop = threading.Event()
-        self._open: set[Any] = set()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._accept, name="flaky-proxy", daemon=True)
-
-    def __enter__(self) -> FlakyProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._cut()
-        self.sock.close()
-
-    def down(self) -> None:
-        """Start the outage: cut every connection, turn new ones away."""
-        self._down.set()
-        self._cut()
-
-    def up(self) -> None:
-        """End the outage."""
-        self._down.clear()
-
-    def kubeconfig(self) -> str:
-        """A kubeconfig pointing at the proxy (no auth)."""
-        return kubeconfig_for(self.url)
-
-    def _cut(self) -> None:
-        import socket
-
-        with self._lock:
-            conns, self._open = list(self._open), set()
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-    def _accept(self) -> None:
-        import socket
-
-        while not self._stop.is_set():
-            try:
-                client, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            if self._down.is_set():
-                self.refused += 1
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                if self._down.is_set():  # the outage began while this one was connecting
-                    self.refused += 1
-                    client.close()
-                    upstream.close()
-                    continue
-                self._open.update((client, upstream))
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: Any, dst: Any) -> None:
-        import socket
-
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            # shutdown() wakes the other direction's recv(); close() alone would not.
-            for conn in (src, dst):
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-                conn.close()
-            with self._lock:
-                self._open.discard(src)
-                self._open.discard(dst)
 
 
 def free_port() -> int:

@@ -16,9 +16,9 @@ import pytest
 from kmock_support import (
     Api,
     EmulatorThread,
-    FlakyProxy,
     OperatorProcess,
     finish_job,
+    kubeconfig_for,
     make_available,
     wait_for,
 )
@@ -26,6 +26,7 @@ from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.validation import parse_resource
 from kubeaccel_operator.kube import PEERING_PERMISSIONS, REQUIRED_PERMISSIONS
 from operator_samples import GPU2, NAME, NS, deep_merge, summary
+from tcp_front import TcpFront
 
 SPEC: dict[str, Any] = deep_merge(
     {
@@ -503,9 +504,9 @@ def test_a_shard_that_cannot_start_fails_the_resource_with_its_last_words_at_onc
 def test_the_operator_rides_out_an_api_server_outage_without_a_restart(
     env: Env, tmp_path: Path
 ) -> None:
-    with FlakyProxy(env.emu.url) as proxy:
+    with TcpFront(env.emu.url) as proxy:
         config = tmp_path / "kubeconfig-proxy"
-        config.write_text(proxy.kubeconfig())
+        config.write_text(kubeconfig_for(proxy.url))
         env.operator.env["KUBECONFIG"] = str(config)
         env.operator.env["KUBEACCEL_RETRY_DELAY"] = "1"
         env.operator.start()

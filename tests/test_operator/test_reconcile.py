@@ -547,6 +547,25 @@ def crashed(message: str, code: int = 1, reason: str = "Error") -> dict[str, Any
     }
 
 
+def deploying_with(
+    pod: dict[str, Any], phase: str, reason: str, check: Callable[[Plan], None] | None = None
+) -> Case:
+    """GPU2 just deployed (shards not available yet), one shard-0 pod as given."""
+    return Case(
+        res=model(GPU2, status=deploying_status(GPU2)),
+        seen=observed(*serving(GPU2, available=False), pod),
+        phase=phase,
+        conditions={
+            "Optimized": ("True", "Optimized"),
+            "Deployed": ("True", "ShardsDeployed"),
+            "Ready": ("False", reason),
+        },
+        applies=serving_names(GPU2),
+        events=[f"Warning/{reason}"],
+        check=check,
+    )
+
+
 CUDA_MISSING = (
     '{"error": "shard 0: executionProvider cuda requires CUDAExecutionProvider, but this '
     'onnxruntime offers only CPUExecutionProvider", "reason": "ProviderUnavailable"}'
@@ -570,19 +589,7 @@ def case_a_shard_that_crash_loops_fails_the_resource_with_its_last_words() -> Ca
         assert plan.events[0].message == ready.message == plan.status.message
         assert plan.status.deployed_artifact_id == aid(GPU2)  # nothing else changes
 
-    return Case(
-        res=model(GPU2, status=deploying_status(GPU2)),
-        seen=observed(*serving(GPU2, available=False), pod),
-        phase="Failed",
-        conditions={
-            "Optimized": ("True", "Optimized"),
-            "Deployed": ("True", "ShardsDeployed"),
-            "Ready": ("False", "ProviderUnavailable"),
-        },
-        applies=serving_names(GPU2),
-        events=["Warning/ProviderUnavailable"],
-        check=check,
-    )
+    return deploying_with(pod, "Failed", "ProviderUnavailable", check)
 
 
 def case_an_image_that_cannot_be_pulled_fails_the_resource() -> Case:
@@ -596,15 +603,7 @@ def case_an_image_that_cannot_be_pulled_fails_the_resource() -> Case:
         assert plan.status.message is not None and error in plan.status.message
         assert "cannot pull image ghcr.io/kubeaccel/runtime" in plan.status.message
 
-    return Case(
-        res=model(GPU2, status=deploying_status(GPU2)),
-        seen=observed(*serving(GPU2, available=False), pod),
-        phase="Failed",
-        conditions={"Ready": ("False", "ImagePullFailed")},
-        applies=serving_names(GPU2),
-        events=["Warning/ImagePullFailed"],
-        check=check,
-    )
+    return deploying_with(pod, "Failed", "ImagePullFailed", check)
 
 
 def case_a_shard_killed_for_memory_names_the_limit_to_raise() -> Case:
@@ -619,28 +618,15 @@ def case_a_shard_killed_for_memory_names_the_limit_to_raise() -> Case:
         assert "OOMKilled at its limit of 8Gi" in plan.status.message
         assert "raise spec.runtime.resources.memory" in plan.status.message
 
-    return Case(
-        res=model(GPU2, status=deploying_status(GPU2)),
-        seen=observed(*serving(GPU2, available=False), pod),
-        phase="Failed",
-        conditions={"Ready": ("False", "OOMKilled")},
-        applies=serving_names(GPU2),
-        events=["Warning/OOMKilled"],
-        check=check,
-    )
+    return deploying_with(pod, "Failed", "OOMKilled", check)
 
 
 def case_a_shard_that_does_not_fit_on_a_node_keeps_deploying_and_says_why() -> Case:
     why = "0/1 nodes are available: 1 Insufficient cpu."
     pod = shard_pod(first_deployment(GPU2), unschedulable=why)
-    return Case(
-        res=model(GPU2, status=deploying_status(GPU2)),
-        seen=observed(*serving(GPU2, available=False), pod),
-        phase="Deploying",  # capacity may free up: not a failure
-        conditions={"Ready": ("False", "Unschedulable")},
-        applies=serving_names(GPU2),
-        events=["Warning/Unschedulable"],
-        check=lambda plan: _assert(why in (plan.status.message or "")),
+    # Capacity may free up: still Deploying, not a failure.
+    return deploying_with(
+        pod, "Deploying", "Unschedulable", lambda plan: _assert(why in (plan.status.message or ""))
     )
 
 

@@ -201,6 +201,15 @@ def object_meta(
     return meta
 
 
+def shard_meta(res: AcceleratedModel, index: int, chain: Chain = Chain.A) -> dict[str, Any]:
+    """metadata of a per-shard object of a chain, named as its shard (PDB, NetworkPolicy)."""
+    return object_meta(
+        res,
+        shard_name(res.metadata.name, index, chain),
+        labels(res, chain.component, shard=index),
+    )
+
+
 def pod_security_context() -> dict[str, Any]:
     """Pod-level half of the restricted Pod Security Standard."""
     return {

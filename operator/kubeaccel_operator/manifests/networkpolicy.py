@@ -15,14 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kubeaccel_api.constants import GROUP, RUNTIME_PORT
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 
-from kubeaccel_operator.manifests.common import (
-    Chain,
-    Manifest,
-    labels,
-    object_meta,
-    selector_labels,
-    shard_name,
-)
+from kubeaccel_operator.manifests.common import Chain, Manifest, selector_labels, shard_meta
 
 if TYPE_CHECKING:
     from kubeaccel_operator.settings import Settings
@@ -57,11 +50,7 @@ def build_network_policy(res: AcceleratedModel, index: int, chain: Chain = Chain
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": object_meta(
-            res,
-            shard_name(res.metadata.name, index, chain),
-            labels(res, chain.component, shard=index),
-        ),
+        "metadata": shard_meta(res, index, chain),
         "spec": {
             "podSelector": {"matchLabels": selector_labels(res, chain.component, index)},
             "policyTypes": ["Ingress"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
@@ -26,6 +25,7 @@ from serve_fixtures import (
     spec_for,
     write_artifact,
 )
+from tcp_front import TcpFront
 
 X = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
 
@@ -195,78 +195,6 @@ def test_the_last_shard_cannot_be_started_with_a_next_shard(split_artifact: Path
         load_shard(split_artifact, 1, forwarding=True, config=CPU1)
 
 
-class DroppingFront:
-    """A TCP front of the next shard (as its Service) whose first `drops` connections die.
-
-    Each dropped connection reads the request and then closes (`reset=False`: the server
-    went away without answering) or resets (`reset=True`: the replica was killed), as a
-    replica that disappears behind its Service does. Later connections are forwarded.
-    """
-
-    def __init__(self, backend: str, drops: int, *, reset: bool) -> None:
-        host, port = backend.removeprefix("http://").split(":")
-        self.backend = (host, int(port))
-        self.drops = drops
-        self.reset = reset
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.stop = threading.Event()
-        self.threads: list[threading.Thread] = []
-
-    def __enter__(self) -> DroppingFront:
-        self._spawn(self._accept)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(5)
-        self.sock.close()
-
-    def _spawn(self, target: Callable[..., None], *args: object) -> None:
-        t = threading.Thread(target=target, args=args, daemon=True)
-        self.threads.append(t)
-        t.start()
-
-    def _accept(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            if self.drops > 0:
-                self.drops -= 1
-                conn.recv(65536)
-                if self.reset:  # RST instead of FIN
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-                conn.close()
-                continue
-            upstream = socket.create_connection(self.backend)
-            self._spawn(self._pump, conn, upstream)
-            self._spawn(self._pump, upstream, conn)
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        src.settimeout(0.1)
-        try:
-            while not self.stop.is_set():
-                try:
-                    data = src.recv(65536)
-                except TimeoutError:
-                    continue
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-
 @pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
 async def test_a_next_shard_replica_that_dies_mid_request_is_retried_invisibly(
     reset: bool,
@@ -275,7 +203,7 @@ async def test_a_next_shard_replica_that_dies_mid_request_is_retried_invisibly(
     unsplit: Callable[[np.ndarray], np.ndarray],
     app_factory: Callable[..., ServeApp],
 ) -> None:
-    with DroppingFront(shard1_server.url, drops=2, reset=reset) as front:
+    with TcpFront(shard1_server.url, drops=2, reset=reset) as front:
         app = app_factory(shard0, chain_cfg(front.url, backoff_s=0.01))
         async for c in _client(app):
             body, headers = encode_request({"x": X})
@@ -291,7 +219,7 @@ async def test_a_next_shard_replica_that_dies_mid_request_is_retried_invisibly(
 async def test_a_next_shard_that_keeps_dying_gives_a_503_after_the_retries(
     shard0: LoadedModel, shard1_server: ServerThread, app_factory: Callable[..., ServeApp]
 ) -> None:
-    with DroppingFront(shard1_server.url, drops=10, reset=True) as front:
+    with TcpFront(shard1_server.url, drops=10, reset=True) as front:
         app = app_factory(shard0, chain_cfg(front.url, backoff_s=0.01))
         async for c in _client(app):
             body, headers = encode_request({"x": X})

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -19,6 +20,13 @@ from kubeaccel_runtime.serve.cli import SPEC_ENV, resolve_spec, settings_for
 from serve_fixtures import MLP_INPUTS, Proc, build_mlp, spec_for, write_artifact
 
 X = np.ones((1, 4), dtype=np.float32)
+
+
+def copy_of(artifact: Path, tmp_path: Path) -> Path:
+    """A private copy of an artifact directory, for a test that damages it."""
+    import shutil
+
+    return Path(shutil.copytree(artifact, tmp_path / artifact.name))
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +66,7 @@ def test_sigterm_flips_readiness_drains_in_flight_requests_and_exits_zero(
 def test_a_tampered_artifact_keeps_the_server_not_ready_and_exits_one(
     mlp_artifact: Path, tmp_path: Path, proc_factory: type[Proc]
 ) -> None:
-    import shutil
-
-    bad = tmp_path / mlp_artifact.name
-    shutil.copytree(mlp_artifact, bad)
+    bad = copy_of(mlp_artifact, tmp_path)
     shard = bad / "shard-0.onnx"
     shard.write_bytes(shard.read_bytes()[:-1] + b"\x00")
     last_words = tmp_path / "termination-log"
@@ -89,10 +94,7 @@ def test_a_tampered_artifact_keeps_the_server_not_ready_and_exits_one(
 def test_an_artifact_changed_while_serving_withdraws_the_model_and_exits_one(
     mlp_artifact: Path, tmp_path: Path, proc_factory: type[Proc]
 ) -> None:
-    import shutil
-
-    served = tmp_path / mlp_artifact.name
-    shutil.copytree(mlp_artifact, served)
+    served = copy_of(mlp_artifact, tmp_path)
     last_words = tmp_path / "termination-log"
     p = proc_factory(
         served,
