@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kmock_support import Api, EmulatorThread
+from kmock_support import Api, EmulatorThread, make_available
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 from kubeaccel_operator import kube
 from kubeaccel_operator.errors import ApiError, ForeignObject
@@ -406,3 +406,54 @@ def test_a_pod_maps_to_the_shard_of_its_own_chain(
     labels: dict[str, str], shard: str | None
 ) -> None:
     assert kube._shard_of(NAME, {"metadata": {"labels": labels}}) == shard
+
+
+def test_a_deployment_is_rolled_out_when_every_replica_of_its_current_spec_is_available() -> None:
+    deployment = {"metadata": {"generation": 3}, "spec": {"replicas": 2}}
+
+    def with_status(**status: int) -> dict[str, Any]:
+        return {**deployment, "status": status}
+
+    done = {"observedGeneration": 3, "updatedReplicas": 2, "availableReplicas": 2}
+    assert kube.rolled_out(with_status(**done))
+    assert not kube.rolled_out(with_status(**{**done, "observedGeneration": 2}))  # stale
+    assert not kube.rolled_out(with_status(**{**done, "updatedReplicas": 1}))  # rolling
+    assert not kube.rolled_out(with_status(**{**done, "availableReplicas": 1}))  # a pod down
+    assert not kube.rolled_out(deployment)  # never seen by its controller
+
+
+def test_shard_pods_are_read_only_while_a_shard_is_not_rolled_out(cluster: Live) -> None:
+    client, api, uid = cluster.client, cluster.api, cluster.uid
+    res = model(GPU2, status={"optimization": {"artifactId": aid(GPU2)}}, uid=uid)
+    plan, seen = _plan(res, client)
+    client.apply(res, plan, seen)
+    deployment = api.get("Deployment", NS, f"{NAME}-shard-0")
+    assert deployment is not None
+    template = deployment["spec"]["template"]
+    replica_set = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "name": f"{NAME}-shard-0-6d5f8",
+        "uid": deployment["metadata"]["uid"],  # the emulator keeps pods whose owner it knows
+        "controller": True,
+    }
+    for name, owners in (("mine", [replica_set]), ("stray", [])):
+        api.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{NAME}-shard-0-{name}",
+                    "namespace": NS,
+                    "labels": template["metadata"]["labels"],
+                    "ownerReferences": owners,
+                },
+                "spec": template["spec"],
+            }
+        )
+    # Nothing rolled out yet: the pods are read, only those of the shard's ReplicaSets kept.
+    assert set(client.observe(res).pods) == {f"{NAME}-shard-0-mine"}
+    for shard in (0, 1):
+        make_available(api, NS, f"{NAME}-shard-{shard}")
+    # Every shard rolled out: nothing to explain, so no pods are listed.
+    assert client.observe(res).pods == {}
