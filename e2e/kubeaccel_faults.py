@@ -341,6 +341,12 @@ def cluster_tool_problem() -> str | None:
     ).stdout.strip()
     if server != "https://127.0.0.1:6443":
         return f"KUBECONFIG points at {server}, not the cluster tool's API server"
+    if os.geteuid() != 0:
+        return "the cluster tool's `up` (which restarts the API server) needs root"
+    try:
+        os.kill(apiserver_pid(), 0)  # exists, and this user may signal it
+    except (OSError, ValueError) as exc:
+        return f"cannot signal the API server process from {pid_file}: {exc}"
     return None
 
 
