@@ -140,9 +140,10 @@ def test_each_shard_has_a_network_policy_admitting_only_its_callers(
         assert policy["spec"]["podSelector"]["matchLabels"]["kubeaccel.io/shard"] == str(shard)
         (rule,) = policy["spec"]["ingress"]
         assert rule["ports"] == [{"protocol": "TCP", "port": RUNTIME_PORT}]
-    assert shard0["spec"]["ingress"][0]["from"] == [
-        {"podSelector": {"matchLabels": {CLIENT_LABEL: "true"}}}
-    ]
+    clients, other_chain = shard0["spec"]["ingress"][0]["from"]
+    assert clients == {"podSelector": {"matchLabels": {CLIENT_LABEL: "true"}}}
+    # The other chain's shard 0: a shadow or canary rollout mirrors or forwards to it.
+    assert other_chain["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "runtime-b"
     (previous,) = shard1["spec"]["ingress"][0]["from"]
     assert previous["podSelector"]["matchLabels"]["kubeaccel.io/shard"] == "0"
     # Clients get answers: they reach shard 0, and shard 0 reaches shard 1.

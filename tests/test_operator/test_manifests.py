@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+from kubeaccel_api.constants import LABEL_COMPONENT
 from kubeaccel_api.v1alpha1 import AcceleratedModelSpec
 from kubeaccel_operator.manifests.common import (
+    Chain,
     job_name,
     owner_reference,
     shard_name,
@@ -843,28 +845,35 @@ def test_runtime_threads_follow_the_cpu_request(cfg: Settings, cpu: str, threads
 def test_shard_network_policies_admit_clients_to_shard_0_and_shard_i_minus_1_to_shard_i() -> None:
     res = model(GPU2)
 
-    def policy(shard: int, peers: list[dict[str, Any]]) -> dict[str, Any]:
+    def pods(component: str, shard: int) -> dict[str, Any]:
+        return {"podSelector": {"matchLabels": {**selector(shard), LABEL_COMPONENT: component}}}
+
+    def policy(chain: str, shard: int, peers: list[dict[str, Any]]) -> dict[str, Any]:
+        component = "runtime" if chain == "a" else "runtime-b"
+        infix = "" if chain == "a" else "b-"
         return {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
             "metadata": {
-                "name": f"{NAME}-shard-{shard}",
+                "name": f"{NAME}-{infix}shard-{shard}",
                 "namespace": NS,
-                "labels": common_labels("runtime", **{"kubeaccel.io/shard": str(shard)}),
+                "labels": common_labels(component, **{"kubeaccel.io/shard": str(shard)}),
                 "ownerReferences": [OWNER],
             },
             "spec": {
-                "podSelector": {"matchLabels": selector(shard)},
+                "podSelector": pods(component, shard)["podSelector"],
                 "policyTypes": ["Ingress"],
                 "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": 8080}]}],
             },
         }
 
-    clients = [{"podSelector": {"matchLabels": {"kubeaccel.io/client": "true"}}}]
-    assert build_network_policy(res, 0) == policy(0, clients)
-    assert build_network_policy(res, 1) == policy(
-        1, [{"podSelector": {"matchLabels": selector(0)}}]
-    )
+    clients = {"podSelector": {"matchLabels": {"kubeaccel.io/client": "true"}}}
+    # Shard 0 admits the clients and the other chain's shard 0 (a shadow or canary rollout
+    # mirrors or forwards between them); shard 1 admits its own chain's shard 0 only.
+    assert build_network_policy(res, 0) == policy("a", 0, [clients, pods("runtime-b", 0)])
+    assert build_network_policy(res, 1) == policy("a", 1, [pods("runtime", 0)])
+    assert build_network_policy(res, 0, Chain.B) == policy("b", 0, [clients, pods("runtime", 0)])
+    assert build_network_policy(res, 1, Chain.B) == policy("b", 1, [pods("runtime-b", 0)])
 
 
 def test_named_clients_replace_the_client_label() -> None:
@@ -873,7 +882,7 @@ def test_named_clients_replace_the_client_label() -> None:
         {"ipBlock": {"cidr": "10.1.0.0/16"}},
     ]
     res = model({"networkPolicy": {"enabled": True, "clients": peers}})
-    assert build_network_policy(res, 0)["spec"]["ingress"][0]["from"] == peers
+    assert build_network_policy(res, 0)["spec"]["ingress"][0]["from"][:2] == peers
 
 
 @pytest.mark.parametrize(
