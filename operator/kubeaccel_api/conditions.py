@@ -31,7 +31,7 @@ def set_condition(conds: Sequence[Condition], new: Condition, now: datetime) -> 
 
 
 def _ready_verdict(
-    conds: Sequence[Condition], shards_available: bool
+    conds: Sequence[Condition], shards_available: bool, shards_problem: tuple[str, str] | None
 ) -> tuple[ConditionStatus, str, str]:
     """(status, reason, message) of Ready: the first input not True decides, then the shards."""
     for ctype in READY_INPUTS:
@@ -41,6 +41,8 @@ def _ready_verdict(
         if cond.status is not ConditionStatus.TRUE:
             # An input that is False makes Ready False; an Unknown one leaves it Unknown.
             return cond.status, cond.reason, f"{ctype.value}: {cond.message}"
+    if not shards_available and shards_problem is not None:
+        return ConditionStatus.FALSE, *shards_problem
     if not shards_available:
         return (
             ConditionStatus.FALSE,
@@ -51,10 +53,18 @@ def _ready_verdict(
 
 
 def aggregate_ready(
-    conds: Sequence[Condition], *, shards_available: bool, generation: int | None
+    conds: Sequence[Condition],
+    *,
+    shards_available: bool,
+    generation: int | None,
+    shards_problem: tuple[str, str] | None = None,
 ) -> Condition:
-    """Ready: True when every input condition is True and every shard is available."""
-    status, reason, message = _ready_verdict(conds, shards_available)
+    """Ready: True when every input condition is True and every shard is available.
+
+    `shards_problem` is the (reason, message) of what keeps a shard unavailable, when the
+    pods tell (a crash, an image that cannot be pulled); Ready carries it.
+    """
+    status, reason, message = _ready_verdict(conds, shards_available, shards_problem)
     return Condition(
         type=ConditionType.READY,
         status=status,

@@ -898,6 +898,30 @@ def _has_live_budget(path: str) -> str:
     return "(" + " || ".join(f"has({path}.{f})" for f in LIVE_BUDGET_FIELDS) + ")"
 
 
+# --------------------------------------------------------------------------- network
+
+
+class NetworkPolicySpec(ApiModel):
+    """Ingress NetworkPolicies around the shards: only clients reach shard 0 (the model's
+    Service), only shard i-1 reaches shard i, and only on the serving port.
+
+    Enforced only where the cluster's network plugin implements NetworkPolicy.
+    """
+
+    enabled: bool | None = Field(
+        default=None,
+        description="Create the policies; absent follows the operator's default "
+        "(Helm value networkPolicy.enabled).",
+    )
+    clients: list[dict[str, Any]] | None = Field(
+        default=None,
+        max_length=32,
+        description="NetworkPolicy peers (podSelector, namespaceSelector, ipBlock) allowed "
+        "to call the model; absent: pods in the model's namespace labelled "
+        "kubeaccel.io/client=true.",
+    )
+
+
 # --------------------------------------------------------------------------- spec
 
 
@@ -960,6 +984,10 @@ class AcceleratedModelSpec(ApiModel):
     rollout: RolloutSpec = Field(
         default_factory=RolloutSpec,
         description="How a new artifact replaces the serving one: replace, shadow or canary.",
+    )
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec,
+        description="Who may reach the shards (ingress NetworkPolicies); off unless enabled.",
     )
 
     @model_validator(mode="after")

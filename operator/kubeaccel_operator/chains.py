@@ -1,8 +1,9 @@
 """Pure: the two chains of shards a resource can run, as observed and as desired.
 
-A chain is one full pipeline (Deployment + Service + PDB + autoscaler per shard). The
-serving chain is the one the main Service selects; during a shadow or canary rollout the
-candidate runs in the other chain, and a promotion points the main Service at it.
+A chain is one full pipeline (Deployment + Service + PDB + autoscaler + the opt-in
+NetworkPolicy per shard). The serving chain is the one the main Service selects; during a
+shadow or canary rollout the candidate runs in the other chain, and a promotion points the
+main Service at it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from kubeaccel_operator.manifests.common import (
     shard_name,
 )
 from kubeaccel_operator.manifests.deployment import build_deployment
+from kubeaccel_operator.manifests.networkpolicy import build_network_policy, network_policy_enabled
 from kubeaccel_operator.manifests.pdb import build_pdb
 from kubeaccel_operator.manifests.service import build_shard_service
 
@@ -36,6 +38,7 @@ CHAIN_KINDS = (
     "PodDisruptionBudget",
     "HorizontalPodAutoscaler",
     "ScaledObject",
+    "NetworkPolicy",
 )
 
 
@@ -82,6 +85,7 @@ def chain_objects(
     """Every object of `chain` serving `artifact`, and its Deployments by name."""
     objects: list[Manifest] = []
     deployments: dict[str, Manifest] = {}
+    fenced = network_policy_enabled(res, cfg)
     for i in range(res.spec.optimization.partition.shards):
         deployment = build_deployment(res, i, artifact, cfg, chain)
         deployments[deployment["metadata"]["name"]] = deployment
@@ -89,6 +93,8 @@ def chain_objects(
         for extra in (build_pdb(res, i, chain), build_autoscaler(res, i, chain, keda)):
             if extra is not None:
                 objects.append(extra)
+        if fenced:
+            objects.append(build_network_policy(res, i, chain))
     return objects, deployments
 
 

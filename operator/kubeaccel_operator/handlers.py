@@ -4,6 +4,8 @@ One function serves create, update and resume (resume re-observes everything aft
 restart). Every kind of child is watched too (server-side filtered by our managed-by
 label): a finished Job, a Deployment losing availability, a child edited or deleted by
 hand re-runs the owner's reconcile at once, so drift is repaired without a spec change.
+The shard pods are watched the same way (read only), so a crash loop or an image that
+cannot be pulled reaches the resource's status as soon as the kubelet reports it.
 
 There is deliberately no @kopf.timer: kopf 1.45 gives every timer/daemon a finalizer
 (requires_finalizer=True in kopf.on.timer), and without one a timer outlives its deleted
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +31,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubeaccel_api.constants import GROUP, KIND, LABEL_MANAGED_BY, PLURAL, VERSION
+from kubeaccel_api.constants import (
+    GROUP,
+    KIND,
+    LABEL_COMPONENT,
+    LABEL_MANAGED_BY,
+    LABEL_MODEL,
+    PLURAL,
+    VERSION,
+)
 from kubeaccel_api.v1alpha1 import AcceleratedModelStatus
 from kubeaccel_api.validation import InvalidResource, parse_resource
 from pydantic import ValidationError
@@ -36,17 +47,21 @@ from pydantic import ValidationError
 from kubeaccel_operator import kube
 from kubeaccel_operator.errors import ApiError, InvalidSpec, NotReady, OperatorError, raise_for_kopf
 from kubeaccel_operator.events import Event
-from kubeaccel_operator.manifests.common import MANAGED_BY
+from kubeaccel_operator.manifests.common import MANAGED_BY, Chain
 from kubeaccel_operator.reconcile import check_supported, invalid_status, reconcile
 from kubeaccel_operator.rollout import in_progress
-from kubeaccel_operator.settings import OWNED_KINDS, Settings, get_settings
+from kubeaccel_operator.settings import OWNED_KINDS, WATCHED_PODS, Settings, get_settings
 
+# Listing events this long after start are re-lists (see `relisted`).
+STARTUP_LISTING_S = 60.0
+_STARTED = time.monotonic()
 _cluster: kube.Cluster | None = None
 _cluster_lock = threading.Lock()
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _queued: set[tuple[str, str]] = set()
 # Resources whose rollout is waiting for its verdict (rebuilt by resume after a restart).
 _rolling: set[tuple[str, str]] = set()
+_retrying: set[tuple[str, str]] = set()
 _registry_lock = threading.Lock()
 
 
@@ -205,19 +220,33 @@ def on_change(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any)
 
 
 def owner_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(namespace, name) of the AcceleratedModel controlling a child, if any."""
+    """(namespace, name) of the AcceleratedModel controlling a child, if any.
+
+    A shard pod belongs to a ReplicaSet; its model is named by the labels its Deployment
+    gave it (a pod someone else labelled so only costs one needless reconcile).
+    """
     meta = body.get("metadata") or {}
     for ref in meta.get("ownerReferences") or []:
         ours = ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/")
         if ours and ref.get("controller"):
             return meta.get("namespace") or "", str(ref.get("name"))
+    labels = meta.get("labels") or {}
+    if body.get("kind") == "Pod" and labels.get(LABEL_MANAGED_BY) == MANAGED_BY:
+        model = labels.get(LABEL_MODEL)
+        if model:
+            return meta.get("namespace") or "", str(model)
     return None
 
 
 def reconcile_owner(
     namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter[Any]
 ) -> None:
-    """Re-run the owner's reconcile after a child changed; coalesces bursts of events."""
+    """Re-run the owner's reconcile after a child changed; coalesces bursts of events.
+
+    A temporary API failure (the API server restarting, a dropped connection) schedules
+    the same reconcile again after KUBEACCEL_RETRY_DELAY: the child event that asked for
+    it will not come again.
+    """
     key = (namespace, name)
     with _registry_lock:
         if key in _queued:
@@ -232,6 +261,7 @@ def reconcile_owner(
             body = cluster.get_model(namespace, name)
         except ApiError as exc:
             logger.warning("cannot read AcceleratedModel %s/%s: %s", namespace, name, exc)
+            _retry_later(key, exc, cfg.retry_delay, logger)
             return
         if body is None:
             with _registry_lock:
@@ -245,10 +275,35 @@ def reconcile_owner(
                 cluster.patch_model_status(namespace, name, update)
             except ApiError as exc:
                 logger.warning("cannot write status of %s/%s: %s", namespace, name, exc)
+                _retry_later(key, exc, cfg.retry_delay, logger)
     _post(cluster, body, result, logger)
     if result.error is not None and not isinstance(result.error, InvalidSpec | NotReady):
-        # The periodic resync (resync_forever) retries; this child event has nothing to retry.
         logger.warning("reconcile of %s/%s failed: %s", namespace, name, result.error)
+        _retry_later(key, result.error, cfg.retry_delay, logger)
+
+
+def _retry_later(
+    key: tuple[str, str],
+    error: OperatorError,
+    delay: float,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
+    """Reconcile `key` again after `delay` if `error` can heal (one pending retry per key)."""
+    if not isinstance(error, ApiError) or not error.temporary:
+        return  # the next change or the periodic resync will try again
+    with _registry_lock:
+        if key in _retrying:
+            return
+        _retrying.add(key)
+
+    def again() -> None:
+        with _registry_lock:
+            _retrying.discard(key)
+        reconcile_owner(*key, logger)
+
+    timer = threading.Timer(delay, again)
+    timer.daemon = True
+    timer.start()
 
 
 def resync(namespaces: tuple[str, ...], logger: logging.Logger) -> int:
@@ -287,9 +342,19 @@ def poll_rollouts_forever(stop: threading.Event) -> None:
                 logger.warning("rollout check of %s/%s failed: %s", namespace, name, exc)
 
 
+def relisted(type: str | None, uptime_s: float) -> bool:
+    """Whether a listing event (type None) comes from a re-list rather than startup.
+
+    kopf lists again when a watch cannot resume (410 Gone after an API server restart,
+    connection errors while listing); what changed while the watch was down only shows
+    up in that listing. At startup, on_change(resume) already reconciles every owner.
+    """
+    return type is None and uptime_s > STARTUP_LISTING_S
+
+
 def on_child_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-    """A child changed (status, hand edit, deletion): reconcile its owner now."""
-    if type is None:
+    """A child changed (status, hand edit, deletion, or seen in a re-list): reconcile its owner."""
+    if type is None and not relisted(type, time.monotonic() - _STARTED):
         return  # the initial listing at startup: on_change(resume) covers every owner
     owner = owner_of(body)
     if owner is not None:
@@ -300,3 +365,15 @@ def on_child_event(type: str | None, body: kopf.Body, logger: kopf.Logger, **_: 
 # hook gives server-side label selectors).
 for _group, _version, _plural in OWNED_KINDS:
     kopf.on.event(_group, _version, _plural, labels={LABEL_MANAGED_BY: MANAGED_BY})(on_child_event)
+_SHARD_COMPONENTS = frozenset(chain.component.value for chain in Chain)
+
+
+def _is_shard_component(value: str | None, **_: Any) -> bool:
+    return value in _SHARD_COMPONENTS
+
+
+# Shard pods of either chain only (the optimizer's Job reports through the Job itself).
+kopf.on.event(
+    *WATCHED_PODS,
+    labels={LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: _is_shard_component},
+)(on_child_event)

@@ -2,8 +2,9 @@
 
 It observes an AcceleratedModel's children by label, applies a plan by deterministic
 name (create if absent, server-side apply on drift, delete labelled orphans), reads the
-optimizer pod's termination message, and reads/patches the resource itself. During a
-rollout it lists the serving chain's shard-0 pods, whose counters dataplane.py reads.
+optimizer pod's termination and the shard pods' status, and reads/patches the resource
+itself. During a rollout it lists the serving chain's shard-0 pods, whose counters
+probe.py reads.
 
 Writes use server-side apply (field manager `kubeaccel-operator`, force): a field removed
 from the desired manifest is removed from the object, and a hand edit of a field the
@@ -54,6 +55,7 @@ from kubeaccel_operator.manifests.common import (
     stable_hash,
 )
 from kubeaccel_operator.manifests.job import CONTAINER as OPTIMIZER_CONTAINER
+from kubeaccel_operator.pods import Termination, last_termination
 from kubeaccel_operator.probe import (
     ProviderReader,
     ReportReader,
@@ -116,6 +118,7 @@ RESOURCES: dict[str, ApiResource] = {
     "PodDisruptionBudget": ApiResource("policy", "v1", "poddisruptionbudgets"),
     "HorizontalPodAutoscaler": ApiResource("autoscaling", "v2", "horizontalpodautoscalers"),
     "ScaledObject": ApiResource("keda.sh", "v1alpha1", "scaledobjects"),
+    "NetworkPolicy": ApiResource("networking.k8s.io", "v1", "networkpolicies"),
     "Pod": ApiResource("", "v1", "pods"),
     "Event": ApiResource("", "v1", "events"),
     "AcceleratedModel": ApiResource(GROUP, VERSION, PLURAL),
@@ -142,9 +145,11 @@ APPLICATION_PERMISSIONS: tuple[Permission, ...] = (
     # Claims are created (server-side apply: create + patch) and never changed or deleted.
     ("", "persistentvolumeclaims", frozenset({"get", "list", "watch", "create", "patch"})),
     ("batch", "jobs", frozenset({"get", "list", "watch", "create", "patch", "delete"})),
-    # The optimizer pod's termination message carries the optimization summary; during a
-    # rollout the serving chain's shard-0 pods are listed to read their counters.
-    ("", "pods", frozenset({"list"})),
+    # Read only: the optimizer pod's termination message carries the optimization
+    # summary (or why it failed); shard pods say why a shard cannot start, and during a
+    # rollout the serving chain's shard-0 pods give their counters. Watched, so a crash or
+    # an image pull error reaches the status at once.
+    ("", "pods", frozenset({"list", "watch"})),
     ("", "services", frozenset({"get", "list", "watch", "create", "patch", "delete"})),
     ("apps", "deployments", frozenset({"get", "list", "watch", "create", "patch", "delete"})),
     (
@@ -160,6 +165,12 @@ APPLICATION_PERMISSIONS: tuple[Permission, ...] = (
     ),
     # Used only where KEDA is installed (discovery tells; no RBAC needed for that).
     ("keda.sh", "scaledobjects", frozenset({"get", "list", "create", "patch", "delete"})),
+    # The opt-in NetworkPolicy of each shard (spec.networkPolicy).
+    (
+        "networking.k8s.io",
+        "networkpolicies",
+        frozenset({"get", "list", "watch", "create", "patch", "delete"}),
+    ),
 )
 # Every API call the operator process makes (kopf included), for RBAC.
 REQUIRED_PERMISSIONS: tuple[Permission, ...] = FRAMEWORK_PERMISSIONS + APPLICATION_PERMISSIONS
@@ -281,22 +292,6 @@ def drifted(desired: Manifest, current: Mapping[str, Any]) -> bool:
     )
 
 
-def last_termination_message(pods: Iterable[Mapping[str, Any]], container: str) -> str:
-    """The termination message of the most recently finished `container` among `pods`."""
-    best: tuple[str, str] | None = None
-    for pod in pods:
-        for status in pod.get("status", {}).get("containerStatuses") or []:
-            if status.get("name") != container:
-                continue
-            for key in ("state", "lastState"):
-                term = (status.get(key) or {}).get("terminated")
-                if term:
-                    stamp = str(term.get("finishedAt") or "")
-                    if best is None or stamp > best[0]:
-                        best = (stamp, str(term.get("message") or ""))
-    return best[1] if best else ""
-
-
 def owned_by_deployment(pod: Mapping[str, Any], deployments: Mapping[str, Manifest]) -> bool:
     """Whether a pod belongs to one of these Deployments (its ReplicaSet is named after one)."""
     for ref in pod.get("metadata", {}).get("ownerReferences") or []:
@@ -305,6 +300,16 @@ def owned_by_deployment(pod: Mapping[str, Any], deployments: Mapping[str, Manife
         ):
             return True
     return False
+
+
+def rolled_out(deployment: Mapping[str, Any]) -> bool:
+    """Whether a Deployment's controller saw its current spec and every replica is available."""
+    status = deployment.get("status") or {}
+    generation = int(deployment.get("metadata", {}).get("generation") or 0)
+    replicas = int(deployment.get("spec", {}).get("replicas") or 0)
+    counts = (status.get("updatedReplicas") or 0, status.get("availableReplicas") or 0)
+    current = int(status.get("observedGeneration") or 0) >= generation
+    return current and all(int(n) >= replicas for n in counts)
 
 
 def owns_field(obj: Mapping[str, Any], manager: str, path: tuple[str, ...]) -> bool:
@@ -515,37 +520,48 @@ class KubeClient:
             }
         artifact = artifact_id(res.spec)
         job = job_name(name, artifact)
-        messages: dict[str, str] = {}
+        terminations: dict[str, Termination] = {}
         pending = needs_job_message(res, artifact)
         observed_job = objects["Job"].get(job)
         if pending and observed_job is not None and _job_finished(observed_job):
             pods = self.list_objects("Pod", ns, f"{JOB_NAME_LABEL}={job}")
-            messages[job] = last_termination_message(pods, OPTIMIZER_CONTAINER)
+            ended = last_termination(pods, OPTIMIZER_CONTAINER)
+            if ended is not None:
+                terminations[job] = ended
         claim_present: bool | None = None
         claim = existing_claim(res)
         if claim is not None and pending and observed_job is None:
             claim_present = self.get("PersistentVolumeClaim", ns, claim) is not None
+        shard_pods: dict[str, Manifest] = {}
         providers: dict[str, tuple[str, ...]] = {}
-        if self.read_provider is not None and objects["Deployment"]:
+        deployments = objects["Deployment"]
+        probing = self.read_provider is not None
+        if deployments and (probing or not all(map(rolled_out, deployments.values()))):
+            # Why a shard does not come up (crash loop, image pull, scheduling) is only in
+            # its pods' status, and which provider it got only inside them. Pods belong to
+            # ReplicaSets: they are matched by label, then by their ReplicaSet's name.
+            # While every shard is rolled out there is nothing to explain: no list.
             runtime = {c.component.value for c in Chain}
             pods = self.list_objects("Pod", ns, f"{LABEL_MODEL}={name}")
-            providers = shard_providers(
-                (
-                    p
-                    for p in pods
-                    if (p["metadata"].get("labels") or {}).get(LABEL_COMPONENT) in runtime
-                    and owned_by_deployment(p, objects["Deployment"])
-                ),
-                lambda pod: _shard_of(name, pod),
-                self.read_provider,
-            )
+            owned = [
+                p
+                for p in pods
+                if (p["metadata"].get("labels") or {}).get(LABEL_COMPONENT) in runtime
+                and owned_by_deployment(p, deployments)
+            ]
+            shard_pods = {p["metadata"]["name"]: p for p in owned}
+            if self.read_provider is not None:
+                providers = shard_providers(
+                    owned, lambda pod: _shard_of(name, pod), self.read_provider
+                )
         return Observed(
             objects=objects,
-            messages=messages,
+            terminations=terminations,
             claim_present=claim_present,
             providers=providers,
             keda=keda,
             reports=self._rollout_reports(res),
+            pods=shard_pods,
         )
 
     def _rollout_reports(self, res: AcceleratedModel) -> tuple[RoutingReport, ...]:

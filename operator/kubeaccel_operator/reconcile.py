@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.conditions import aggregate_ready, get_condition, set_condition
-from kubeaccel_api.constants import LABEL_ARTIFACT
+from kubeaccel_api.constants import LABEL_ARTIFACT, LABEL_COMPONENT, LABEL_SHARD
 from kubeaccel_api.contract import contract_problems
 from kubeaccel_api.routing import Routing, RoutingMode, RoutingReport, merge_reports
 from kubeaccel_api.v1alpha1 import (
@@ -59,6 +59,7 @@ from kubeaccel_operator.chains import (
 from kubeaccel_operator.errors import InvalidSpec
 from kubeaccel_operator.events import Event
 from kubeaccel_operator.manifests.common import (
+    ANNOTATION_SPEC_HASH,
     Chain,
     Manifest,
     endpoint_url,
@@ -70,6 +71,13 @@ from kubeaccel_operator.manifests.configmap import build_routing_configmap, buil
 from kubeaccel_operator.manifests.job import build_job
 from kubeaccel_operator.manifests.pvc import build_artifacts_pvc
 from kubeaccel_operator.manifests.service import build_main_service
+from kubeaccel_operator.pods import (
+    PodProblem,
+    Termination,
+    describe_exit,
+    message_tail,
+    pod_problem,
+)
 
 if TYPE_CHECKING:
     from kubeaccel_operator.settings import Settings
@@ -84,12 +92,11 @@ CHILD_KINDS: tuple[str, ...] = (
     "PodDisruptionBudget",
     "HorizontalPodAutoscaler",
     "ScaledObject",
+    "NetworkPolicy",
 )
 # Kinds whose observed objects the plan never deletes: a claim holds artifacts that
 # may still be serving; it goes away with the resource (owner reference) only.
 NEVER_DELETED = frozenset({"PersistentVolumeClaim"})
-MESSAGE_TAIL_LINES = 10
-MESSAGE_MAX_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -97,8 +104,8 @@ class Observed:
     """The children that exist now, by kind and name, plus facts read from pods."""
 
     objects: Mapping[str, Mapping[str, Manifest]] = field(default_factory=dict)
-    # Job name -> termination message of its most recently finished pod.
-    messages: Mapping[str, str] = field(default_factory=dict)
+    # Job name -> how its most recently finished pod ended (message, exit code, reason).
+    terminations: Mapping[str, Termination] = field(default_factory=dict)
     # Whether spec.storage.pvc.claimName exists (None: not asked, no claim named).
     claim_present: bool | None = None
     # Shard name -> execution providers its ready pods report (empty: not probed).
@@ -107,6 +114,8 @@ class Observed:
     keda: bool = False
     # What the serving chain's shard-0 pods report on GET /v2/rollout during a rollout.
     reports: tuple[RoutingReport, ...] = ()
+    # The shard pods (both chains' Deployments' pods) by name: why a shard cannot start.
+    pods: Mapping[str, Manifest] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> Mapping[str, Manifest]:
         """Observed objects of one kind, by name."""
@@ -161,19 +170,6 @@ def job_condition(job: Mapping[str, Any], ctype: str) -> Mapping[str, Any] | Non
     return None
 
 
-def message_tail(message: str) -> str:
-    """The useful end of a termination message: the `error` of a JSON one, or its last lines."""
-    text = message.strip()
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-        text = parsed["error"].strip()
-    lines = text.splitlines()[-MESSAGE_TAIL_LINES:]
-    return "\n".join(lines)[-MESSAGE_MAX_CHARS:]
-
-
 def parse_summary(message: str, artifact: str) -> tuple[OptimizationStatus, str | None]:
     """The Job's compact JSON summary; a minimal one plus a problem when it is unreadable."""
     try:
@@ -196,7 +192,11 @@ def parse_summary(message: str, artifact: str) -> tuple[OptimizationStatus, str 
 
 
 def optimization_outcome(
-    res: AcceleratedModel, artifact: str, observed: Observed, old: AcceleratedModelStatus
+    res: AcceleratedModel,
+    artifact: str,
+    observed: Observed,
+    old: AcceleratedModelStatus,
+    cfg: Settings,
 ) -> Outcome:
     """Whether the artifact still needs a Job, is being optimized, succeeded or failed.
 
@@ -211,7 +211,8 @@ def optimization_outcome(
     name = job_name(res.metadata.name, artifact)
     job = observed.get("Job", name)
     if job is not None and labels_of(job).get(LABEL_ARTIFACT) == artifact:
-        message = observed.messages.get(name, "")
+        ended = observed.terminations.get(name)
+        message = ended.message if ended is not None else ""
         if job_condition(job, "Complete") is not None:
             summary, problem = parse_summary(message, artifact)
             warnings: tuple[Event, ...] = ()
@@ -222,13 +223,7 @@ def optimization_outcome(
             )
         failed = job_condition(job, "Failed")
         if failed is not None:
-            reason = str(failed.get("reason") or "JobFailed")
-            text = f"Job {name} failed ({reason})"
-            if failed.get("message"):
-                text += f": {failed['message']}"
-            tail = message_tail(message)
-            if tail:
-                text += f"\n{tail}"
+            reason, text = job_failure(name, failed, ended, cfg)
             return Outcome(JobState.FAILED, reason, text)
         active = job.get("status", {}).get("active") or 0
         reason = "JobRunning" if active else "JobPending"
@@ -248,6 +243,38 @@ def optimization_outcome(
             f"PersistentVolumeClaim {claim} (spec.storage.pvc.claimName) does not exist yet",
         )
     return Outcome(JobState.CREATE, "JobCreated", f"Job {name} optimizes artifact {artifact}")
+
+
+def job_failure(
+    name: str, failed: Mapping[str, Any], ended: Termination | None, cfg: Settings
+) -> tuple[str, str]:
+    """(reason, message) of a failed optimization Job, in terms a user can act on.
+
+    The Job's own reason (BackoffLimitExceeded, DeadlineExceeded) says little; how its
+    last pod ended says why: out of memory names the setting to raise, a signal says the
+    pod was killed, and the optimizer's own error says what was wrong with the model.
+    """
+    reason = str(failed.get("reason") or "JobFailed")
+    text = f"Job {name} failed ({reason})"
+    if failed.get("message"):
+        text += f": {failed['message']}"
+    if ended is not None and ended.reason == "OOMKilled":
+        return "OOMKilled", (
+            f"Job {name} failed: the optimizer ran out of memory (OOMKilled at its limit "
+            f"{cfg.optimizer_memory}); raise the optimizer's memory: operator setting "
+            "KUBEACCEL_OPTIMIZER_MEMORY (Helm value optimizer.memory)"
+        )
+    if reason == "DeadlineExceeded":
+        text += (
+            f"; the optimizer ran longer than {cfg.job_deadline_seconds} s: raise operator "
+            "setting KUBEACCEL_JOB_DEADLINE_SECONDS (Helm value optimizer.deadlineSeconds)"
+        )
+    if ended is not None and ended.signal_name is not None:
+        text += f"\nthe optimizer {describe_exit(ended)}: it was stopped from outside"
+    tail = message_tail(ended.message) if ended is not None else ""
+    if tail:
+        text += f"\n{tail}"
+    return reason, text
 
 
 def _recorded_outcome(old: AcceleratedModelStatus, artifact: str) -> Outcome | None:
@@ -274,6 +301,55 @@ def _success_message(summary: OptimizationStatus) -> str:
     if summary.size_ratio is not None:
         parts.append(f"size ratio {summary.size_ratio:.2f}")
     return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ShardProblem:
+    """What keeps shard `index` from serving, read from one of its current pods."""
+
+    index: int
+    problem: PodProblem
+
+    @property
+    def reason(self) -> str:
+        """The condition reason (CamelCase)."""
+        return self.problem.reason
+
+    @property
+    def message(self) -> str:
+        """Which shard and pod, and the kubelet's or the container's own words."""
+        return f"shard {self.index} (pod {self.problem.pod}): {self.problem.message}"
+
+
+def shard_problem(out: Delivery, observed: Observed) -> ShardProblem | None:
+    """The first problem among the current pods of a serving shard that is not available.
+
+    Only pods of the pod template the shard should run count: a pod of the previous
+    template (or of the other chain) that crashed says nothing about this one.
+    """
+    if out.serving is None or out.chain is None:
+        return None
+    names = list(out.deployments) or list(chain_deployments(observed, out.chain))
+    component = out.chain.component.value
+    for name in names:
+        want, seen = out.deployments.get(name), observed.get("Deployment", name)
+        replicas = wanted_replicas(want, seen)
+        ready, _ = shard_available(seen, want, out.serving, replicas)
+        template = template_hash(want if want is not None else seen or {})
+        if ready or template is None:
+            continue
+        index = shard_index(want if want is not None else seen or {})
+        for pod_name in sorted(observed.pods):
+            pod = observed.pods[pod_name]
+            meta = pod.get("metadata", {})
+            pod_labels = meta.get("labels") or {}
+            current = (meta.get("annotations") or {}).get(ANNOTATION_SPEC_HASH) == template
+            ours = pod_labels.get(LABEL_COMPONENT) == component
+            if current and ours and pod_labels.get(LABEL_SHARD) == str(index):
+                problem = pod_problem(pod)
+                if problem is not None:
+                    return ShardProblem(index, problem)
+    return None
 
 
 def needs_job_message(res: AcceleratedModel, artifact: str) -> bool:
@@ -323,7 +399,7 @@ def reconcile(res: AcceleratedModel, observed: Observed, cfg: Settings, now: dat
     if pvc is not None:
         desired.append(pvc)
 
-    outcome = optimization_outcome(res, artifact, observed, old)
+    outcome = optimization_outcome(res, artifact, observed, old, cfg)
     keep: set[tuple[str, str]] = set()
     job = job_name(name, artifact)
     if outcome.state in (JobState.CREATE, JobState.RUNNING):
@@ -350,6 +426,9 @@ def reconcile(res: AcceleratedModel, observed: Observed, cfg: Settings, now: dat
     )
     shard_states, ready_count = _shard_statuses(out, observed)
     all_ready = bool(shard_states) and ready_count == len(shard_states)
+    problem = None
+    if outcome.state is JobState.SUCCEEDED and not all_ready:
+        problem = shard_problem(out, observed)
 
     conds = set_condition(
         old.conditions,
@@ -358,9 +437,14 @@ def reconcile(res: AcceleratedModel, observed: Observed, cfg: Settings, now: dat
     )
     conds = set_condition(conds, _optimized_condition(outcome, gen), now)
     conds = set_condition(conds, _deployed_condition(outcome, out, artifact, shards, gen), now)
-    conds = set_condition(
-        conds, aggregate_ready(conds, shards_available=all_ready, generation=gen), now
+    ready = aggregate_ready(
+        conds,
+        shards_available=all_ready,
+        generation=gen,
+        shards_problem=(problem.reason, problem.message) if problem else None,
     )
+    old_ready = get_condition(old.conditions, ConditionType.READY)
+    conds = set_condition(conds, ready, now)
     degraded = _degraded_condition(res, out, artifact, gen)
     if degraded is not None:
         conds = set_condition(conds, degraded, now)
@@ -374,8 +458,12 @@ def reconcile(res: AcceleratedModel, observed: Observed, cfg: Settings, now: dat
         phase = Phase.DEGRADED
     else:
         phase = _phase(outcome, all_ready, old, out.serving, artifact, out.deployments, observed)
+    if phase is Phase.DEPLOYING and problem is not None and problem.problem.fatal:
+        phase = Phase.FAILED  # it will not start without a change; the message says why
     summary = outcome.summary if outcome.state is JobState.SUCCEEDED else old.optimization
     events = [*outcome.warnings, *out.events]
+    if problem is not None and (old_ready is None or old_ready.reason != problem.reason):
+        events.append(Event("Warning", problem.reason, problem.message))
     events += _transition_events(
         old, phase, outcome, artifact, job, shards, ready_count, res, rolled_back
     )
@@ -702,8 +790,9 @@ def _transition_events(
         events.append(Event("Normal", "Ready", f"{shards} shard(s) serving at {endpoint_url(res)}"))
     elif phase is Phase.DEGRADED and not rolled_back:  # a rollback posts its own Event
         events.append(Event("Warning", "Degraded", f"{ready_count}/{shards} shard(s) available"))
-    elif phase is Phase.FAILED:
+    elif phase is Phase.FAILED and outcome.state is JobState.FAILED:
         events.append(Event("Warning", outcome.reason, outcome.message))
+    # A shard that cannot start has its own Warning (posted when its reason is new).
     return events
 
 

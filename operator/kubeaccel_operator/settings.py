@@ -32,7 +32,15 @@ OWNED_KINDS = (
     ("", "v1", "services"),
     ("apps", "v1", "deployments"),
     ("policy", "v1", "poddisruptionbudgets"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
 )
+# Shard pods are not the operator's (ReplicaSets own them) but say why a shard cannot
+# start; they are watched read-only, selected by the labels the Deployments give them.
+WATCHED_PODS = ("", "v1", "pods")
+
+
+# Seconds between retries of a failed API request (kopf's own calls); ~5 minutes in all.
+API_ERROR_BACKOFFS = (1.0, 2.0, 4.0, 8.0, 15.0, *(30.0,) * 9)
 
 
 def image_repository(ref: str) -> str:
@@ -121,6 +129,11 @@ class Settings(BaseModel):
         pattern=QUANTITY_PATTERN,
         description="Memory request and limit of the optimizer.",
     )
+    network_policy: bool = Field(
+        default=False,
+        description="Create shard NetworkPolicies for resources that do not say "
+        "(spec.networkPolicy.enabled).",
+    )
     peering_name: str | None = Field(
         default=None, description="kopf peering object name; empty = standalone (no peering)."
     )
@@ -205,7 +218,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.scanning.disabled = True
     settings.execution.max_workers = cfg.workers
     # Children are watched to react to their changes; only ours, filtered by the server.
-    for group, version, plural in OWNED_KINDS:
+    for group, version, plural in (*OWNED_KINDS, WATCHED_PODS):
         settings.watching.label_selectors[group, version, plural] = (
             f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         )
@@ -214,6 +227,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # An API server that is briefly away (restart, upgrade, network blip) must not end the
+    # operator. kopf's watch streams reconnect by themselves after connection errors, but
+    # a call made while processing an event (patching the resource after a handler) that
+    # still fails when kopf's retries run out stops the whole operator ("unrecoverable
+    # error"). The default retries give up after ~54 s; these keep trying for ~5 minutes.
+    settings.networking.error_backoffs = API_ERROR_BACKOFFS
     if cfg.peering_name is not None:
         settings.peering.name = cfg.peering_name
         settings.peering.mandatory = True

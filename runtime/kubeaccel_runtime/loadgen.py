@@ -4,7 +4,11 @@ Closed loop: `concurrency` workers each send the same pre-encoded request, wait 
 answer, and repeat until `requests` answers or `duration_s` seconds, whichever comes
 first. Two engines: `raw` (HTTP/1.1 keep-alive on asyncio streams, a few microseconds per
 request, so the client does not hide the server's cost) and `httpx` (any URL, TLS,
-redirects). Loopback only by design of its callers; every loop is bounded.
+redirects). Every loop is bounded.
+
+With a `retry` policy it behaves as a client that follows the retry contract
+(kubeaccel_runtime.retry): a retried request counts once, with the latency the caller
+saw, and is an error only when its last attempt failed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from kubeaccel_runtime.client import (
     encode_request,
 )
 from kubeaccel_runtime.rawhttp import RawConnection, raw_http_request
+from kubeaccel_runtime.retry import RetryPolicy, retriable_error, retriable_status
 
 Engine = Literal["raw", "httpx"]
 
@@ -45,7 +50,10 @@ class LoadSpec:
     warmup: int = 20
     engine: Engine = "raw"
     timeout_s: float = 30.0
-    check_first: bool = True  # decode the first answer; fail fast on a broken server
+    # Send one request first and fail fast unless it is answered correctly (off: a
+    # failed first request just counts like any other, e.g. while pods are disrupted).
+    check_first: bool = True
+    retry: RetryPolicy | None = None  # None: every failed attempt is an error
 
 
 @dataclass(frozen=True)
@@ -62,12 +70,14 @@ class LoadResult:
     p99_ms: float
     mean_ms: float
     statuses: dict[int, int] = field(default_factory=dict)
+    retries: int = 0  # attempts sent again under the retry policy
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict (for JSON reports)."""
         return {
             "requests": self.requests,
             "errors": self.errors,
+            "retries": self.retries,
             "elapsed_s": round(self.elapsed_s, 3),
             "rps": round(self.rps, 1),
             "items_per_s": round(self.items_per_s, 1),
@@ -84,7 +94,7 @@ class LoadError(RuntimeError):
 
 
 def summarize(
-    latencies_s: list[float], statuses: Counter[int], elapsed: float, rows: int
+    latencies_s: list[float], statuses: Counter[int], elapsed: float, rows: int, retries: int = 0
 ) -> LoadResult:
     """Percentiles and rates from raw per-request latencies."""
     ok = statuses.get(200, 0)
@@ -106,6 +116,7 @@ def summarize(
         p99_ms=p99,
         mean_ms=mean,
         statuses=dict(statuses),
+        retries=retries,
     )
 
 
@@ -163,29 +174,46 @@ async def run_load(spec: LoadSpec) -> LoadResult:
             await client.aclose()
 
     try:
-        status, resp_headers, resp_body = await call(0)
         if spec.check_first:
+            status, resp_headers, resp_body = await call(0)
             if status != 200:
                 raise LoadError(f"first request answered HTTP {status}: {resp_body[:300]!r}")
             decode_response(resp_body, resp_headers)
+
+        async def attempt(i: int) -> tuple[int, BaseException | None]:
+            try:
+                code, _, _ = await call(i)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, httpx.HTTPError) as exc:
+                if spec.engine == "raw":
+                    await conns[i].close()
+                return 0, exc
+            return code, None
+
         warm = _Budget(spec.warmup, None)
 
         async def warmup(i: int) -> None:
             while warm.take():
-                await call(i)
+                await attempt(i)
 
         await asyncio.gather(*(warmup(i) for i in range(spec.concurrency)))
-        budget = _Budget(spec.requests, spec.duration_s)
+        retried = 0
+
+        async def send(i: int) -> int:
+            nonlocal retried
+            tries = 0
+            while True:
+                code, exc = await attempt(i)
+                again = retriable_error(exc) if exc is not None else retriable_status(code)
+                if spec.retry is None or not again or not spec.retry.allows(tries + 1):
+                    return code
+                tries += 1
+                retried += 1
+                await asyncio.sleep(spec.retry.delay(tries))
 
         async def worker(i: int) -> None:
             while budget.take():
                 t0 = time.perf_counter()
-                try:
-                    code, _, _ = await call(i)
-                except (TimeoutError, OSError, asyncio.IncompleteReadError, httpx.HTTPError):
-                    code = 0
-                    if spec.engine == "raw":
-                        await conns[i].close()
+                code = await send(i)
                 latencies.append(time.perf_counter() - t0)
                 statuses[code] += 1
 
@@ -193,13 +221,15 @@ async def run_load(spec: LoadSpec) -> LoadResult:
         # collection during the (bounded) timed loop.
         gc.collect()
         gc.disable()
+        # The clock starts now: a slow collection on a busy machine must not eat the run.
+        budget = _Budget(spec.requests, spec.duration_s)
         started = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(spec.concurrency)))
         elapsed = time.perf_counter() - started
     finally:
         gc.enable()
         await close()
-    return summarize(latencies, statuses, elapsed, _rows(spec))
+    return summarize(latencies, statuses, elapsed, _rows(spec), retried)
 
 
 def inputs_from_metadata(

@@ -55,3 +55,18 @@ def test_ready_carries_the_reason_of_the_first_failing_input() -> None:
 def test_ready_is_unknown_while_an_input_is_missing() -> None:
     ready = aggregate_ready([], shards_available=False, generation=None)
     assert ready.status is ConditionStatus.UNKNOWN
+
+
+def test_ready_carries_what_keeps_a_shard_unavailable_when_it_is_known() -> None:
+    conds: list[Condition] = []
+    for ctype in (ConditionType.VALIDATED, ConditionType.OPTIMIZED, ConditionType.DEPLOYED):
+        conds = set_condition(conds, _cond(ctype, ConditionStatus.TRUE), T0)
+    problem = ("ImagePullFailed", "shard 0 pod p: cannot pull image x: not found")
+    ready = aggregate_ready(conds, shards_available=False, generation=2, shards_problem=problem)
+    assert (ready.status, ready.reason, ready.message) == (ConditionStatus.FALSE, *problem)
+    # Available shards win over a stale problem; a failing input wins over both.
+    ready = aggregate_ready(conds, shards_available=True, generation=2, shards_problem=problem)
+    assert ready.status is ConditionStatus.TRUE
+    conds = set_condition(conds, _cond(ConditionType.OPTIMIZED, ConditionStatus.FALSE, "X"), T0)
+    ready = aggregate_ready(conds, shards_available=False, generation=2, shards_problem=problem)
+    assert ready.reason == "X"

@@ -438,9 +438,15 @@ def test_operator_settings_come_from_values(render: Render) -> None:
             "logFormat": "plain",
             "verbose": True,
             "extraEnv": [{"name": "KUBEACCEL_TIMER_INTERVAL", "value": "5"}],
+            "optimizer": {"cpu": "2", "memory": "6Gi", "deadlineSeconds": 7200},
+            "networkPolicy": {"enabled": True},
         }
     )
     env = env_of(operator_container(objects))
+    assert env["KUBEACCEL_OPTIMIZER_CPU"] == "2"
+    assert env["KUBEACCEL_OPTIMIZER_MEMORY"] == "6Gi"
+    assert env["KUBEACCEL_JOB_DEADLINE_SECONDS"] == "7200"
+    assert env["KUBEACCEL_NETWORK_POLICY"] == "true"
     assert env["KUBEACCEL_NAMESPACES"] == "ml"
     assert env["KUBEACCEL_GPU_RESOURCE_NAME"] == "amd.com/gpu"
     assert env["KUBEACCEL_WORKERS"] == "7"
@@ -591,6 +597,14 @@ def test_the_operator_accepts_every_setting_the_chart_gives_it(
     assert settings.optimizer_image == f"kubeaccel/optimizer:{__version__}"
     assert settings.gpu_runtime_image == f"kubeaccel/runtime:{__version__}-gpu"
     assert settings.gpu_resource_name == "nvidia.com/gpu"
+    # The chart's defaults are the operator's own (values.yaml documents them once).
+    defaults = Settings()
+    assert (settings.optimizer_cpu, settings.optimizer_memory) == (
+        defaults.optimizer_cpu,
+        defaults.optimizer_memory,
+    )
+    assert settings.job_deadline_seconds == defaults.job_deadline_seconds
+    assert settings.network_policy is defaults.network_policy is False
     # The probe and the operator agree on kopf's liveness endpoint.
     port = next(p for p in container["ports"] if p["name"] == "health")["containerPort"]
     assert settings.liveness_endpoint == f"http://0.0.0.0:{port}/healthz"

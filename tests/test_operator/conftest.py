@@ -9,6 +9,8 @@ import pytest
 
 # pytest's importlib mode adds no test folder to sys.path; the helpers have unique names.
 sys.path.insert(0, str(Path(__file__).parent))
+# Support shared by several test folders (tests/support).
+sys.path.insert(0, str(Path(__file__).parents[1] / "support"))
 
 from kubeaccel_operator.settings import Settings
 

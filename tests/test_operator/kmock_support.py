@@ -587,6 +587,16 @@ class KubeEmulator(k8s.KubernetesEmulator):
         return selector_matches(terms, meta.get("labels") or {})
 
 
+def kubeconfig_for(url: str) -> str:
+    """A kubeconfig pointing at `url` (no auth)."""
+    return (
+        "apiVersion: v1\nkind: Config\ncurrent-context: kmock\n"
+        f"clusters:\n- name: kmock\n  cluster:\n    server: {url}\n"
+        "users:\n- name: kmock\n  user: {}\n"
+        "contexts:\n- name: kmock\n  context: {cluster: kmock, user: kmock}\n"
+    )
+
+
 class EmulatorThread:
     """Run a KubeEmulator on an HTTP port from a background thread's event loop."""
 
@@ -630,12 +640,7 @@ class EmulatorThread:
 
     def kubeconfig(self) -> str:
         """A kubeconfig pointing at the emulator (no auth)."""
-        return (
-            "apiVersion: v1\nkind: Config\ncurrent-context: kmock\n"
-            f"clusters:\n- name: kmock\n  cluster:\n    server: {self.url}\n"
-            "users:\n- name: kmock\n  user: {}\n"
-            "contexts:\n- name: kmock\n  context: {cluster: kmock, user: kmock}\n"
-        )
+        return kubeconfig_for(self.url)
 
     def writes(self) -> Iterator[tuple[str, str, str, str, float]]:
         """(event, kind, namespace, name, monotonic time) of every write so far, oldest first."""

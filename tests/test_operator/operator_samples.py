@@ -11,6 +11,7 @@ from typing import Any
 from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 from kubeaccel_api.validation import parse_resource
+from kubeaccel_operator.pods import Termination
 from kubeaccel_operator.reconcile import CHILD_KINDS, Observed
 
 NAME = "mnist"
@@ -113,18 +114,28 @@ def summary(artifact: str) -> str:
 def observed(
     *objects: Mapping[str, Any],
     messages: Mapping[str, str] | None = None,
+    terminations: Mapping[str, Termination] | None = None,
     claim_present: bool | None = None,
     providers: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Observed:
-    """Observed children from objects (copied, so tests can mutate freely)."""
+    """Observed children and pods from objects (copied, so tests can mutate freely).
+
+    `messages` are Job termination messages (exit code and reason unknown);
+    `terminations` give the whole of how a Job's last pod ended.
+    """
     by_kind: dict[str, dict[str, Any]] = {kind: {} for kind in CHILD_KINDS}
+    pods: dict[str, Any] = {}
     for obj in objects:
-        by_kind[obj["kind"]][obj["metadata"]["name"]] = copy.deepcopy(dict(obj))
+        target = pods if obj["kind"] == "Pod" else by_kind[obj["kind"]]
+        target[obj["metadata"]["name"]] = copy.deepcopy(dict(obj))
+    ended = {job: Termination(message=text) for job, text in (messages or {}).items()}
+    ended.update(terminations or {})
     return Observed(
         objects=by_kind,
-        messages=dict(messages or {}),
+        terminations=ended,
         claim_present=claim_present,
         providers=dict(providers or {}),
+        pods=pods,
     )
 
 
@@ -181,3 +192,60 @@ def deployment_available(
         "availableReplicas": ready,
     }
     return out
+
+
+def shard_pod(
+    deployment: Mapping[str, Any],
+    suffix: str = "abcde",
+    *,
+    ready: bool = False,
+    waiting: tuple[str, str] | None = None,
+    terminated: Mapping[str, Any] | None = None,
+    last_terminated: Mapping[str, Any] | None = None,
+    unschedulable: str | None = None,
+) -> dict[str, Any]:
+    """A pod of `deployment`'s template as the kubelet reports it.
+
+    `waiting` is (reason, message); `terminated`/`last_terminated` are the kubelet's
+    terminated records of the runtime container now and before its last restart.
+    """
+    template = deployment["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    state: dict[str, Any] = {"running": {"startedAt": "2025-01-02T03:04:05Z"}}
+    if waiting is not None:
+        state = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
+    if terminated is not None:
+        state = {"terminated": dict(terminated)}
+    status: dict[str, Any] = {"phase": "Running" if ready else "Pending", "conditions": []}
+    if unschedulable is not None:
+        status["conditions"].append(
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": unschedulable,
+            }
+        )
+    else:
+        status["containerStatuses"] = [
+            {
+                "name": container["name"],
+                "image": container["image"],
+                "ready": ready,
+                "restartCount": 1 if last_terminated else 0,
+                "state": state,
+                "lastState": {"terminated": dict(last_terminated)} if last_terminated else {},
+            }
+        ]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{deployment['metadata']['name']}-7d9f8-{suffix}",
+            "namespace": deployment["metadata"]["namespace"],
+            "labels": dict(template["metadata"]["labels"]),
+            "annotations": dict(template["metadata"]["annotations"]),
+        },
+        "spec": copy.deepcopy(template["spec"]),
+        "status": status,
+    }

@@ -6,7 +6,7 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import kopf
@@ -16,8 +16,8 @@ from kubeaccel_api.v1alpha1 import AcceleratedModel
 from kubeaccel_operator import handlers, kube
 from kubeaccel_operator.errors import ApiError, ForeignObject
 from kubeaccel_operator.reconcile import Observed, Plan
-from kubeaccel_operator.settings import get_settings
-from operator_samples import GPU2, NAME, NS, UID, body, observed
+from kubeaccel_operator.settings import Settings, get_settings
+from operator_samples import GPU2, NAME, NS, UID, body, job_complete, observed, summary
 
 LOG = logging.getLogger("test")
 
@@ -34,10 +34,11 @@ class FakeCluster:
         self.status_patches: list[Mapping[str, Any]] = []
         self.events: list[tuple[str, str, str, str]] = []  # (object, type, reason, message)
         self.reads = 0
+        self.job_messages: dict[str, str] = {}
 
     def observe(self, res: AcceleratedModel) -> Observed:
         objs = [o for kind in self.children.values() for o in kind.values()]
-        return observed(*objs, claim_present=self.claim_present)
+        return observed(*objs, messages=self.job_messages, claim_present=self.claim_present)
 
     def apply(self, res: AcceleratedModel, plan: Plan, seen: Observed) -> kube.ApplyResult:
         if self.fail_apply is not None:
@@ -193,8 +194,9 @@ def test_a_resource_being_deleted_is_left_to_garbage_collection(
 
 
 def test_a_child_event_reconciles_the_owner_and_writes_its_status(
-    fake: FakeCluster, events: list[Any]
+    fake: FakeCluster, events: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(handlers, "_STARTED", time.monotonic())  # the operator just started
     child = {"metadata": {"name": "mnist-shard-0", "namespace": NS, "ownerReferences": [
         {"apiVersion": "kubeaccel.io/v1alpha1", "kind": "AcceleratedModel", "name": NAME, "uid": UID, "controller": True}
     ]}}  # fmt: skip
@@ -315,3 +317,214 @@ def test_resources_rolling_out_are_remembered_for_the_poll_until_their_verdict()
     done = rollout.model_copy(update={"phase": "Promoted"})
     handlers._track_rollout(key, handlers.Result(AcceleratedModelStatus(rollout=done)))
     assert key not in handlers.rolling_out()
+
+
+def test_a_shard_pod_event_reconciles_the_model_its_labels_name() -> None:
+    pod = {
+        "kind": "Pod",
+        "metadata": {
+            "namespace": "ns",
+            "labels": {
+                "app.kubernetes.io/managed-by": "kubeaccel-operator",
+                "kubeaccel.io/model": "m",
+            },
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "m-x"}],
+        },
+    }
+    assert handlers.owner_of(pod) == ("ns", "m")
+    foreign = {**pod, "metadata": {**pod["metadata"], "labels": {"kubeaccel.io/model": "m"}}}
+    assert handlers.owner_of(foreign) is None
+    not_a_pod = {**pod, "kind": "ConfigMap"}
+    assert handlers.owner_of(not_a_pod) is None
+
+
+def test_a_listing_is_a_relist_only_after_startup() -> None:
+    assert not handlers.relisted(None, 1.0)  # the startup listing: resume covers it
+    assert handlers.relisted(None, handlers.STARTUP_LISTING_S + 1)
+    assert not handlers.relisted("MODIFIED", handlers.STARTUP_LISTING_S + 1)
+
+
+def test_a_child_event_that_meets_an_api_outage_is_retried_until_it_gets_through(
+    fake: FakeCluster, events: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "get_settings", lambda: Settings(retry_delay=0.05))
+    failures = [ApiError(0, "no response"), ApiError(503, "apiserver is starting")]
+    read = fake.get_model
+
+    def flaky_read(namespace: str, name: str) -> dict[str, Any] | None:
+        if failures:
+            raise failures.pop(0)
+        return read(namespace, name)
+
+    fake.get_model = flaky_read  # type: ignore[method-assign]
+    handlers.reconcile_owner(NS, NAME, LOG)
+    assert fake.status_patches == []
+    deadline = time.monotonic() + 10
+    while not fake.status_patches and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.status_patches[-1]["phase"] == "Optimizing"
+    assert failures == [] and fake.reads == 1
+
+
+def test_a_status_that_cannot_be_written_is_written_on_the_retry(
+    fake: FakeCluster, events: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "get_settings", lambda: Settings(retry_delay=0.05))
+    write = fake.patch_model_status
+    refused: list[Mapping[str, Any]] = []
+
+    def flaky_write(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        if not refused:
+            refused.append(status)
+            raise ApiError(0, "connection reset")
+        write(namespace, name, status)
+
+    fake.patch_model_status = flaky_write  # type: ignore[method-assign]
+    handlers.reconcile_owner(NS, NAME, LOG)
+    deadline = time.monotonic() + 10
+    while not fake.status_patches and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert refused and fake.status_patches[-1]["phase"] == "Optimizing"
+
+
+def test_a_permanent_failure_is_not_retried(
+    fake: FakeCluster, events: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "get_settings", lambda: Settings(retry_delay=60))
+    fake.fail_apply = ApiError(422, "Invalid value", kind="Deployment", name="d")
+    handlers.reconcile_owner(NS, NAME, LOG)
+    assert not handlers._retrying  # a retry would have been scheduled before returning
+    assert fake.reads == 1
+
+
+# The same model re-optimized differently: a new artifact, rolled over the running one.
+OPT2 = {**GPU2, "optimization": {"partition": {"shards": 2}, "quantization": {"mode": "auto"}}}
+
+
+class Killed(BaseException):
+    """The operator process died (SIGKILL, OOM, node loss) in the middle of an apply."""
+
+
+class DyingCluster(FakeCluster):
+    """A FakeCluster whose operator dies after `writes_left` more writes (-1: never)."""
+
+    def __init__(self, model_body: dict[str, Any], writes_left: int = -1) -> None:
+        super().__init__(model_body)
+        self.writes_left = writes_left
+        self.died = False
+        self.writes = 0
+        self.creations: list[str] = []
+
+    def _write(self) -> None:
+        if self.writes_left == 0:
+            self.writes_left = -1  # it comes back, and does not die twice
+            self.died = True
+            raise Killed()
+        if self.writes_left > 0:
+            self.writes_left -= 1
+        self.writes += 1
+
+    def apply(self, res: AcceleratedModel, plan: Plan, seen: Observed) -> kube.ApplyResult:
+        result = kube.ApplyResult()
+        for obj in plan.objects:
+            kind, name = obj["kind"], obj["metadata"]["name"]
+            current = self.children.get(kind, {}).get(name)
+            if current is not None and (kind == "Job" or current == obj):
+                continue  # unchanged (a Job is created once and never patched)
+            self._write()
+            if current is None:
+                self.creations.append(f"{kind}/{name}")
+                result.created.append(f"{kind}/{name}")
+            self.children.setdefault(kind, {})[name] = copy.deepcopy(obj)
+        for kind, name in plan.delete:
+            self._write()
+            self.children.get(kind, {}).pop(name, None)
+            result.deleted.append(f"{kind}/{name}")
+        self.applied.append(plan)
+        return result
+
+    def settle(self) -> None:
+        """Reconcile until nothing changes, surviving a death (the restart resumes)."""
+        for _ in range(6):
+            try:
+                handlers.reconcile_owner(NS, NAME, LOG)
+            except Killed:
+                continue
+
+    def finish_jobs(self) -> None:
+        """The Job controller and kubelet: every Job completes with its summary."""
+        for name, job in self.children.get("Job", {}).items():
+            self.children["Job"][name] = job_complete(job)
+            self.job_messages[name] = summary(job["metadata"]["labels"]["kubeaccel.io/artifact-id"])
+
+    def names(self) -> dict[str, set[str]]:
+        return {kind: set(objs) for kind, objs in self.children.items() if objs}
+
+
+def changed_to_opt2(cluster: DyingCluster) -> None:
+    """GPU2 optimized and deployed, then the spec changed to a new artifact (OPT2)."""
+    cluster.settle()
+    cluster.finish_jobs()
+    cluster.settle()
+    assert cluster.model is not None
+    cluster.model["spec"] = body(OPT2)["spec"]
+    cluster.model["metadata"]["generation"] = 2
+
+
+def opt2_optimized(cluster: DyingCluster) -> None:
+    """... and the new artifact's Job has just completed: the shards roll next."""
+    changed_to_opt2(cluster)
+    cluster.settle()
+    cluster.finish_jobs()
+
+
+@pytest.fixture
+def dying() -> Iterator[list[DyingCluster]]:
+    made: list[DyingCluster] = []
+    yield made
+    handlers.set_cluster(None)
+
+
+def _run_with_death(
+    made: list[DyingCluster], prepare: Callable[[DyingCluster], None], writes: int
+) -> DyingCluster:
+    cluster = DyingCluster(body(GPU2))
+    made.append(cluster)
+    handlers.set_cluster(cluster)
+    prepare(cluster)
+    cluster.writes_left, cluster.writes = writes, 0
+    cluster.settle()
+    return cluster
+
+
+@pytest.mark.parametrize(
+    "prepare",
+    [lambda c: None, changed_to_opt2, opt2_optimized],
+    ids=["before the Job exists", "new artifact: its Job, the old one deleted", "mid-rollout"],
+)
+def test_the_operator_killed_after_any_write_converges_without_duplicates(
+    dying: list[DyingCluster], prepare: Callable[[DyingCluster], None]
+) -> None:
+    reference = _run_with_death(dying, prepare, writes=-1)
+    assert reference.writes > 0
+    for k in range(reference.writes):
+        cluster = _run_with_death(dying, prepare, writes=k)
+        assert cluster.died
+        assert cluster.names() == reference.names(), f"died after write {k}"
+        assert len(cluster.creations) == len(set(cluster.creations)), cluster.creations
+        artifacts = [
+            j["metadata"]["labels"]["kubeaccel.io/artifact-id"]
+            for j in cluster.children.get("Job", {}).values()
+        ]
+        assert len(artifacts) == len(set(artifacts)) == 1  # one Job, of the current artifact
+
+
+def test_a_child_seen_in_a_relist_after_startup_reconciles_its_owner(
+    fake: FakeCluster, events: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "_STARTED", time.monotonic() - handlers.STARTUP_LISTING_S - 1)
+    child = {"metadata": {"name": "mnist-shard-0", "namespace": NS, "ownerReferences": [
+        {"apiVersion": "kubeaccel.io/v1alpha1", "kind": "AcceleratedModel", "name": NAME, "uid": UID, "controller": True}
+    ]}}  # fmt: skip
+    handlers.on_child_event(type=None, body=kopf.Body(child), logger=LOG)
+    assert fake.reads == 1 and fake.status_patches[-1]["phase"] == "Optimizing"

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kmock_support import Api, EmulatorThread
+from kmock_support import Api, EmulatorThread, make_available
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 from kubeaccel_operator import kube
 from kubeaccel_operator.errors import ApiError, ForeignObject
 from kubeaccel_operator.manifests.deployment import build_deployment
+from kubeaccel_operator.pods import Termination
 from kubeaccel_operator.reconcile import Plan, reconcile
 from kubeaccel_operator.settings import Settings
 from operator_samples import GPU2, NAME, NOW, NS, aid, body, model
@@ -79,40 +80,6 @@ def test_a_field_removed_from_the_desired_object_counts_as_drift() -> None:
     after = kube.with_applied_hash(build_deployment(model(GPU2), 0, aid(GPU2), CFG))
     # Containment alone would miss it: everything `after` sets is still in `before`.
     assert kube.drifted(after, before)
-
-
-def test_the_latest_finished_container_gives_the_termination_message() -> None:
-    def pod(state: str, finished: str, message: str) -> dict[str, Any]:
-        return {
-            "status": {
-                "containerStatuses": [
-                    {
-                        "name": "optimize",
-                        state: {"terminated": {"finishedAt": finished, "message": message}},
-                    }
-                ]
-            }
-        }
-
-    pods = [
-        pod("state", "2025-01-01T00:00:01Z", "first try"),
-        pod("lastState", "2025-01-01T00:00:09Z", "second try"),
-        {
-            "status": {
-                "containerStatuses": [
-                    {
-                        "name": "sidecar",
-                        "state": {
-                            "terminated": {"finishedAt": "2030-01-01T00:00:00Z", "message": "no"}
-                        },
-                    }
-                ]
-            }
-        },
-        {"status": {}},
-    ]
-    assert kube.last_termination_message(pods, "optimize") == "second try"
-    assert kube.last_termination_message([], "optimize") == ""
 
 
 def test_required_permissions_name_verbs_for_every_call_and_merge_cleanly() -> None:
@@ -289,7 +256,12 @@ def test_observe_keeps_only_children_of_this_uid_and_reads_the_job_message(
     api.create(stranger)
     seen = client.observe(res)
     assert set(seen.of_kind("ConfigMap")) == {f"{NAME}-spec"}
-    assert seen.messages == {name: '{"artifactId": "x"}'}
+    assert seen.terminations == {
+        name: Termination(
+            exit_code=0, message='{"artifactId": "x"}', finished_at="2025-01-01T00:00:00Z"
+        )
+    }
+    assert seen.pods == {}  # no shard Deployment yet: no pods listed
 
 
 def test_the_resource_is_read_and_its_status_patched(cluster: Live) -> None:
@@ -434,3 +406,54 @@ def test_a_pod_maps_to_the_shard_of_its_own_chain(
     labels: dict[str, str], shard: str | None
 ) -> None:
     assert kube._shard_of(NAME, {"metadata": {"labels": labels}}) == shard
+
+
+def test_a_deployment_is_rolled_out_when_every_replica_of_its_current_spec_is_available() -> None:
+    deployment = {"metadata": {"generation": 3}, "spec": {"replicas": 2}}
+
+    def with_status(**status: int) -> dict[str, Any]:
+        return {**deployment, "status": status}
+
+    done = {"observedGeneration": 3, "updatedReplicas": 2, "availableReplicas": 2}
+    assert kube.rolled_out(with_status(**done))
+    assert not kube.rolled_out(with_status(**{**done, "observedGeneration": 2}))  # stale
+    assert not kube.rolled_out(with_status(**{**done, "updatedReplicas": 1}))  # rolling
+    assert not kube.rolled_out(with_status(**{**done, "availableReplicas": 1}))  # a pod down
+    assert not kube.rolled_out(deployment)  # never seen by its controller
+
+
+def test_shard_pods_are_read_only_while_a_shard_is_not_rolled_out(cluster: Live) -> None:
+    client, api, uid = cluster.client, cluster.api, cluster.uid
+    res = model(GPU2, status={"optimization": {"artifactId": aid(GPU2)}}, uid=uid)
+    plan, seen = _plan(res, client)
+    client.apply(res, plan, seen)
+    deployment = api.get("Deployment", NS, f"{NAME}-shard-0")
+    assert deployment is not None
+    template = deployment["spec"]["template"]
+    replica_set = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "name": f"{NAME}-shard-0-6d5f8",
+        "uid": deployment["metadata"]["uid"],  # the emulator keeps pods whose owner it knows
+        "controller": True,
+    }
+    for name, owners in (("mine", [replica_set]), ("stray", [])):
+        api.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{NAME}-shard-0-{name}",
+                    "namespace": NS,
+                    "labels": template["metadata"]["labels"],
+                    "ownerReferences": owners,
+                },
+                "spec": template["spec"],
+            }
+        )
+    # Nothing rolled out yet: the pods are read, only those of the shard's ReplicaSets kept.
+    assert set(client.observe(res).pods) == {f"{NAME}-shard-0-mine"}
+    for shard in (0, 1):
+        make_available(api, NS, f"{NAME}-shard-{shard}")
+    # Every shard rolled out: nothing to explain, so no pods are listed.
+    assert client.observe(res).pods == {}

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+from kubeaccel_api.constants import LABEL_COMPONENT
 from kubeaccel_api.v1alpha1 import AcceleratedModelSpec
 from kubeaccel_operator.manifests.common import (
+    Chain,
     job_name,
     owner_reference,
     shard_name,
@@ -18,6 +20,7 @@ from kubeaccel_operator.manifests.common import (
 from kubeaccel_operator.manifests.configmap import build_spec_configmap
 from kubeaccel_operator.manifests.deployment import build_deployment
 from kubeaccel_operator.manifests.job import build_job
+from kubeaccel_operator.manifests.networkpolicy import build_network_policy, network_policy_enabled
 from kubeaccel_operator.manifests.pdb import build_pdb
 from kubeaccel_operator.manifests.pvc import build_artifacts_pvc
 from kubeaccel_operator.manifests.service import build_main_service, build_shard_service
@@ -36,10 +39,11 @@ class Hex16:
 
 
 class SpecJson:
-    """Matches KUBEACCEL_SPEC: compact JSON of the spec without storage."""
+    """Matches KUBEACCEL_SPEC: compact JSON of the spec without storage and networkPolicy."""
 
     def __init__(self, spec: AcceleratedModelSpec) -> None:
-        self.expected = {k: v for k, v in spec.to_wire().items() if k != "storage"}
+        skip = ("storage", "networkPolicy")
+        self.expected = {k: v for k, v in spec.to_wire().items() if k not in skip}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, str) and json.loads(other) == self.expected
@@ -810,6 +814,7 @@ def test_runtime_changes_change_the_pod_hash_and_storage_changes_do_not(cfg: Set
     assert pod_hash({"runtime": {"batching": {"enabled": True}}}) != base
     assert pod_hash({"limits": {"maxBatch": 8}}) != base
     assert pod_hash({"storage": {"pvc": {"size": "20Gi"}}}) == base
+    assert pod_hash({"networkPolicy": {"enabled": True}}) == base  # fences, no roll
     assert pod_hash({}) == base
 
 
@@ -835,3 +840,61 @@ def test_runtime_threads_follow_the_cpu_request(cfg: Settings, cpu: str, threads
         "containers"
     ][0]["args"]
     assert args[-2:] == ["--threads", threads]
+
+
+def test_shard_network_policies_admit_clients_to_shard_0_and_shard_i_minus_1_to_shard_i() -> None:
+    res = model(GPU2)
+
+    def pods(component: str, shard: int) -> dict[str, Any]:
+        return {"podSelector": {"matchLabels": {**selector(shard), LABEL_COMPONENT: component}}}
+
+    def policy(chain: str, shard: int, peers: list[dict[str, Any]]) -> dict[str, Any]:
+        component = "runtime" if chain == "a" else "runtime-b"
+        infix = "" if chain == "a" else "b-"
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": f"{NAME}-{infix}shard-{shard}",
+                "namespace": NS,
+                "labels": common_labels(component, **{"kubeaccel.io/shard": str(shard)}),
+                "ownerReferences": [OWNER],
+            },
+            "spec": {
+                "podSelector": pods(component, shard)["podSelector"],
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": 8080}]}],
+            },
+        }
+
+    clients = {"podSelector": {"matchLabels": {"kubeaccel.io/client": "true"}}}
+    # Shard 0 admits the clients and the other chain's shard 0 (a shadow or canary rollout
+    # mirrors or forwards between them); shard 1 admits its own chain's shard 0 only.
+    assert build_network_policy(res, 0) == policy("a", 0, [clients, pods("runtime-b", 0)])
+    assert build_network_policy(res, 1) == policy("a", 1, [pods("runtime", 0)])
+    assert build_network_policy(res, 0, Chain.B) == policy("b", 0, [clients, pods("runtime", 0)])
+    assert build_network_policy(res, 1, Chain.B) == policy("b", 1, [pods("runtime-b", 0)])
+
+
+def test_named_clients_replace_the_client_label() -> None:
+    peers = [
+        {"namespaceSelector": {"matchLabels": {"team": "web"}}},
+        {"ipBlock": {"cidr": "10.1.0.0/16"}},
+    ]
+    res = model({"networkPolicy": {"enabled": True, "clients": peers}})
+    assert build_network_policy(res, 0)["spec"]["ingress"][0]["from"][:2] == peers
+
+
+@pytest.mark.parametrize(
+    ("spec", "default", "enabled"),
+    [
+        ({}, False, False),
+        ({}, True, True),
+        ({"networkPolicy": {"enabled": False}}, True, False),
+        ({"networkPolicy": {"enabled": True}}, False, True),
+    ],
+)
+def test_the_spec_decides_network_policies_and_the_operator_default_fills_in(
+    spec: dict[str, Any], default: bool, enabled: bool
+) -> None:
+    assert network_policy_enabled(model(spec), Settings(network_policy=default)) is enabled

@@ -13,11 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kmock_support import Api, EmulatorThread, OperatorProcess, finish_job, make_available, wait_for
+from kmock_support import (
+    Api,
+    EmulatorThread,
+    OperatorProcess,
+    finish_job,
+    kubeconfig_for,
+    make_available,
+    wait_for,
+)
 from kubeaccel_api.artifact import artifact_id
 from kubeaccel_api.validation import parse_resource
 from kubeaccel_operator.kube import PEERING_PERMISSIONS, REQUIRED_PERMISSIONS
 from operator_samples import GPU2, NAME, NS, deep_merge, summary
+from tcp_front import TcpFront
 
 SPEC: dict[str, Any] = deep_merge(
     {
@@ -393,3 +402,146 @@ def test_a_lost_watch_event_is_recovered_by_the_periodic_resync(env: Env) -> Non
     env.api.create(manifest())
     one_job(env, aid_of(SPEC))
     wait_for(lambda: env.status().get("phase") == "Optimizing", "status from the resync")
+
+
+def kubelet_reports(env: Env, deployment: dict[str, Any], status: dict[str, Any]) -> str:
+    """Do what the ReplicaSet controller and the kubelet do: a pod of the template, its status."""
+    template = deployment["spec"]["template"]
+    replica_set = f"{deployment['metadata']['name']}-5f7d9"
+    name = f"{replica_set}-{len(env.api.list('Pod', NS))}"
+    # The emulator has no ReplicaSets: the reference borrows the Deployment's uid so that
+    # its garbage collector keeps the pod.
+    owner = {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "name": replica_set,
+        "uid": deployment["metadata"]["uid"],
+        "controller": True,
+    }
+    env.api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": NS,
+                "labels": template["metadata"]["labels"],
+                "annotations": template["metadata"]["annotations"],
+                "ownerReferences": [owner],
+            },
+            "spec": template["spec"],
+        }
+    )
+    env.api.patch("Pod", NS, name, {"status": status}, sub="status")
+    return name
+
+
+def test_a_shard_that_cannot_start_fails_the_resource_with_its_last_words_at_once(
+    env: Env,
+) -> None:
+    # No periodic resync: only the pod watch can bring the news.
+    env.operator.env["KUBEACCEL_RESYNC_SECONDS"] = "0"
+    env.operator.start()
+    spec = deep_merge(SPEC, {"optimization": {"partition": {"shards": 1}}})
+    env.api.create(manifest(spec=spec))
+    artifact = aid_of(spec)
+    job = one_job(env, artifact)
+    finish_job(env.api, NS, job["metadata"]["name"], summary(artifact))
+    deployment = shards_serving(env, artifact, 1)[f"{NAME}-shard-0"]
+    wait_for(lambda: env.status().get("phase") == "Deploying", "phase Deploying")
+
+    last_words = json.dumps(
+        {
+            "error": "shard 0: executionProvider cuda requires CUDAExecutionProvider, but this "
+            "onnxruntime offers only CPUExecutionProvider",
+            "reason": "ProviderUnavailable",
+        }
+    )
+    pod = kubelet_reports(
+        env,
+        deployment,
+        {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": "runtime",
+                    "image": "kubeaccel/runtime:test",
+                    "ready": False,
+                    "restartCount": 1,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                    "lastState": {
+                        "terminated": {"exitCode": 1, "reason": "Error", "message": last_words}
+                    },
+                }
+            ],
+        },
+    )
+    wait_for(lambda: env.status().get("phase") == "Failed", "phase Failed")
+    cond = env.condition("Ready")
+    assert cond["status"] == "False" and cond["reason"] == "ProviderUnavailable"
+    assert cond["message"].startswith(f"shard 0 (pod {pod}): container runtime exited with code 1")
+    assert "requires CUDAExecutionProvider" in cond["message"]
+    wait_for(lambda: "ProviderUnavailable" in env.event_reasons(), "a Warning event")
+
+    # Fixed (here: the pod comes up): the same watch takes the resource to Ready.
+    env.api.delete("Pod", NS, pod)
+    make_available(env.api, NS, f"{NAME}-shard-0")
+    assert ready(env, 1)["readyShards"] == "1/1"
+    assert [e for e in env.event_reasons() if e == "ProviderUnavailable"] == [
+        "ProviderUnavailable"
+    ]  # posted once, not on every pod event
+
+    granted = {(g, r, v) for g, r, verbs in REQUIRED_PERMISSIONS for v in verbs}
+    made = {
+        (g, r, v)
+        for agent, v, g, r in env.emu.emulator.calls
+        if not agent.startswith("Python-urllib")
+    }
+    assert ("", "pods", "watch") in made
+    assert made <= granted, sorted(made - granted)
+
+
+def test_the_operator_rides_out_an_api_server_outage_without_a_restart(
+    env: Env, tmp_path: Path
+) -> None:
+    with TcpFront(env.emu.url) as proxy:
+        config = tmp_path / "kubeconfig-proxy"
+        config.write_text(kubeconfig_for(proxy.url))
+        env.operator.env["KUBECONFIG"] = str(config)
+        env.operator.env["KUBEACCEL_RETRY_DELAY"] = "1"
+        env.operator.start()
+        pid = env.operator.proc.pid
+        spec = deep_merge(SPEC, {"optimization": {"partition": {"shards": 1}}})
+        env.api.create(manifest(spec=spec))
+        artifact = aid_of(spec)
+        job = one_job(env, artifact)
+        wait_for(lambda: env.status().get("phase") == "Optimizing", "phase Optimizing")
+
+        # The API server goes away; meanwhile the Job finishes (the cluster keeps working).
+        proxy.down()
+        finish_job(env.api, NS, job["metadata"]["name"], summary(artifact))
+        # Every watch stream (8 kinds) turned away four times: kopf backs off 1, 2, 4 s.
+        wait_for(lambda: proxy.refused >= 32, "the operator trying to reconnect", timeout=120)
+        assert env.operator.proc.poll() is None, env.operator.log()
+        proxy.up()
+
+        # Back: the operator picks up where it was, in the same process.
+        shards_serving(env, artifact, 1)
+        available(env)
+        status = ready(env, 1)
+        assert status["deployedArtifactId"] == artifact
+        assert env.operator.proc.poll() is None and env.operator.proc.pid == pid
+        assert [j["metadata"]["uid"] for j in env.jobs()] == [job["metadata"]["uid"]]
+        for kind, name in [
+            ("Job", job["metadata"]["name"]),
+            ("Deployment", f"{NAME}-shard-0"),
+            ("Service", f"{NAME}-shard-0"),
+        ]:
+            assert env.adds(kind, name) == 1, (kind, name)
+
+        # And it still reacts to changes made after the outage.
+        env.api.patch(
+            "AcceleratedModel", NS, NAME, {"spec": {"runtime": {"batching": {"enabled": True}}}}
+        )
+        wait_for(lambda: env.status().get("observedGeneration") == 2, "the change after the outage")
+        assert env.operator.stop() in (0, -15)  # while the API is there to say goodbye to

@@ -17,11 +17,11 @@ from kubeaccel_operator.manifests.job import build_job
 from kubeaccel_operator.manifests.pdb import build_pdb
 from kubeaccel_operator.manifests.pvc import build_artifacts_pvc
 from kubeaccel_operator.manifests.service import build_main_service, build_shard_service
+from kubeaccel_operator.pods import Termination
 from kubeaccel_operator.reconcile import (
     Observed,
     Plan,
     invalid_status,
-    message_tail,
     parse_summary,
     reconcile,
 )
@@ -39,6 +39,7 @@ from operator_samples import (
     live,
     model,
     observed,
+    shard_pod,
     summary,
 )
 
@@ -517,6 +518,251 @@ def case_gpu_placement_change_only_rolls_the_shards() -> Case:
     )
 
 
+def deploying_status(spec: dict[str, Any]) -> AcceleratedModelStatus:
+    """The status reconcile writes once the Job of `spec` succeeded (phase Deploying)."""
+    res, artifact = model(spec), aid(spec)
+    job = job_complete(build_job(res, artifact, CFG))
+    seen = observed(job, messages={job["metadata"]["name"]: summary(artifact)})
+    status = reconcile(res, seen, CFG, NOW).status
+    assert status.phase.value == "Deploying"
+    return status
+
+
+def first_deployment(spec: dict[str, Any]) -> dict[str, Any]:
+    """The desired Deployment of shard 0."""
+    return build_deployment(model(spec), 0, aid(spec), CFG)
+
+
+def serving_names(spec: dict[str, Any]) -> set[str]:
+    return {o["kind"] + "/" + o["metadata"]["name"] for o in serving(spec)}
+
+
+def crashed(message: str, code: int = 1, reason: str = "Error") -> dict[str, Any]:
+    """A kubelet terminated record."""
+    return {
+        "exitCode": code,
+        "reason": reason,
+        "message": message,
+        "finishedAt": "2025-01-02T03:04:50Z",
+    }
+
+
+def deploying_with(
+    pod: dict[str, Any], phase: str, reason: str, check: Callable[[Plan], None] | None = None
+) -> Case:
+    """GPU2 just deployed (shards not available yet), one shard-0 pod as given."""
+    return Case(
+        res=model(GPU2, status=deploying_status(GPU2)),
+        seen=observed(*serving(GPU2, available=False), pod),
+        phase=phase,
+        conditions={
+            "Optimized": ("True", "Optimized"),
+            "Deployed": ("True", "ShardsDeployed"),
+            "Ready": ("False", reason),
+        },
+        applies=serving_names(GPU2),
+        events=[f"Warning/{reason}"],
+        check=check,
+    )
+
+
+CUDA_MISSING = (
+    '{"error": "shard 0: executionProvider cuda requires CUDAExecutionProvider, but this '
+    'onnxruntime offers only CPUExecutionProvider", "reason": "ProviderUnavailable"}'
+)
+
+
+def case_a_shard_that_crash_loops_fails_the_resource_with_its_last_words() -> Case:
+    pod = shard_pod(
+        first_deployment(GPU2),
+        waiting=("CrashLoopBackOff", "back-off 20s restarting failed container=runtime"),
+        last_terminated=crashed(CUDA_MISSING),
+    )
+
+    def check(plan: Plan) -> None:
+        ready = next(c for c in plan.status.conditions if c.type.value == "Ready")
+        assert ready.message == (
+            f"shard 0 (pod {pod['metadata']['name']}): container runtime exited with code 1: "
+            "shard 0: executionProvider cuda requires CUDAExecutionProvider, but this "
+            "onnxruntime offers only CPUExecutionProvider"
+        )
+        assert plan.events[0].message == ready.message == plan.status.message
+        assert plan.status.deployed_artifact_id == aid(GPU2)  # nothing else changes
+
+    return deploying_with(pod, "Failed", "ProviderUnavailable", check)
+
+
+def case_an_image_that_cannot_be_pulled_fails_the_resource() -> Case:
+    error = (
+        'failed to pull and unpack image "docker.io/kubeaccel/runtime:nope": '
+        "failed to resolve reference: not found"
+    )
+    pod = shard_pod(first_deployment(GPU2), waiting=("ErrImagePull", error))
+
+    def check(plan: Plan) -> None:
+        assert plan.status.message is not None and error in plan.status.message
+        assert "cannot pull image ghcr.io/kubeaccel/runtime" in plan.status.message
+
+    return deploying_with(pod, "Failed", "ImagePullFailed", check)
+
+
+def case_a_shard_killed_for_memory_names_the_limit_to_raise() -> Case:
+    pod = shard_pod(
+        first_deployment(GPU2),
+        waiting=("CrashLoopBackOff", "back-off"),
+        last_terminated=crashed("", code=137, reason="OOMKilled"),
+    )
+
+    def check(plan: Plan) -> None:
+        assert plan.status.message is not None
+        assert "OOMKilled at its limit of 8Gi" in plan.status.message
+        assert "raise spec.runtime.resources.memory" in plan.status.message
+
+    return deploying_with(pod, "Failed", "OOMKilled", check)
+
+
+def case_a_shard_that_does_not_fit_on_a_node_keeps_deploying_and_says_why() -> Case:
+    why = "0/1 nodes are available: 1 Insufficient cpu."
+    pod = shard_pod(first_deployment(GPU2), unschedulable=why)
+    # Capacity may free up: still Deploying, not a failure.
+    return deploying_with(
+        pod, "Deploying", "Unschedulable", lambda plan: _assert(why in (plan.status.message or ""))
+    )
+
+
+def case_a_tampered_artifact_takes_a_ready_resource_down_with_the_reason() -> Case:
+    tampered = (
+        '{"error": "shard 0: /artifacts/mnist/x/shard-0.onnx: sha256 mismatch (manifest a, '
+        'file b); the artifact was modified or corrupted", "reason": "ArtifactInvalid"}'
+    )
+    objs = serving(GPU2)
+    for obj in objs:
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "mnist-shard-0":
+            obj["status"]["availableReplicas"] = obj["status"]["readyReplicas"] = 0
+    pods = [
+        shard_pod(first_deployment(GPU2), suffix, last_terminated=crashed(tampered))
+        for suffix in ("aaaaa", "bbbbb")
+    ]
+
+    def check(plan: Plan) -> None:
+        ready = next(c for c in plan.status.conditions if c.type.value == "Ready")
+        assert "sha256 mismatch" in ready.message and ready.message.startswith("shard 0 (pod ")
+        assert plan.status.ready_shards == "1/2"
+
+    return Case(
+        res=model(GPU2, status=ready_status(GPU2)),
+        seen=observed(*objs, *pods),
+        phase="Degraded",
+        conditions={"Ready": ("False", "ArtifactInvalid")},
+        applies=serving_names(GPU2),
+        events=["Warning/ArtifactInvalid", "Warning/Degraded"],
+        check=check,
+    )
+
+
+def case_a_crashed_pod_of_the_previous_template_says_nothing_about_the_new_one() -> Case:
+    changed = {**GPU2, "runtime": {**GPU2["runtime"], "batching": {"enabled": True}}}
+    old_pod = shard_pod(
+        first_deployment(GPU2), waiting=("CrashLoopBackOff", "x"), last_terminated=crashed("x")
+    )
+    return Case(
+        res=model(changed, status=ready_status(GPU2), generation=2),
+        seen=observed(*serving(GPU2), old_pod),
+        phase="Deploying",
+        conditions={"Ready": ("False", "ShardsUnavailable")},
+        applies=serving_names(GPU2),
+        events=["Normal/Deploying"],
+    )
+
+
+def case_a_crashed_replica_of_an_available_shard_changes_nothing() -> Case:
+    pod = shard_pod(
+        first_deployment(GPU2), waiting=("CrashLoopBackOff", "x"), last_terminated=crashed("x")
+    )
+    return Case(
+        res=model(GPU2, status=ready_status(GPU2)),
+        seen=observed(*serving(GPU2), pod),
+        phase="Ready",
+        conditions={"Ready": ("True", "AllShardsAvailable")},
+        applies=serving_names(GPU2),
+        events=[],
+    )
+
+
+def case_an_optimizer_out_of_memory_names_the_setting_and_keeps_the_old_shards() -> Case:
+    new_job = job_failed(build_job(model(OPT2), aid(OPT2), CFG))
+    name = new_job["metadata"]["name"]
+    oom = Termination(exit_code=137, reason="OOMKilled", finished_at="2025-01-02T03:04:05Z")
+
+    def check(plan: Plan) -> None:
+        optimized = next(c for c in plan.status.conditions if c.type.value == "Optimized")
+        assert optimized.message == (
+            f"Job {name} failed: the optimizer ran out of memory (OOMKilled at its limit 2Gi); "
+            "raise the optimizer's memory: operator setting KUBEACCEL_OPTIMIZER_MEMORY "
+            "(Helm value optimizer.memory)"
+        )
+        assert plan.status.deployed_artifact_id == aid(GPU2)
+        assert plan.status.endpoint is not None
+
+    return Case(
+        res=model(OPT2, status=ready_status(GPU2), generation=2),
+        seen=observed(new_job, *serving(GPU2), terminations={name: oom}),
+        phase="Failed",
+        conditions={
+            "Optimized": ("False", "OOMKilled"),
+            "Deployed": ("False", "ServingPreviousArtifact"),
+            "Ready": ("False", "OOMKilled"),
+        },
+        applies={"ConfigMap/mnist-spec", "PersistentVolumeClaim/mnist-artifacts"},
+        events=["Warning/OOMKilled"],
+        check=check,
+    )
+
+
+def case_an_optimizer_pod_killed_until_the_job_gives_up_says_it_was_killed() -> Case:
+    job = job_failed(build_job(model(GPU2), aid(GPU2), CFG))
+    name = job["metadata"]["name"]
+    killed = Termination(exit_code=137, reason="Error", finished_at="2025-01-02T03:04:05Z")
+
+    def check(plan: Plan) -> None:
+        optimized = next(c for c in plan.status.conditions if c.type.value == "Optimized")
+        assert optimized.message == (
+            f"Job {name} failed (BackoffLimitExceeded): Job has reached the specified backoff "
+            "limit\nthe optimizer was killed (exit code 137, SIGKILL): it was stopped from outside"
+        )
+
+    return Case(
+        res=model(GPU2),
+        seen=observed(job, terminations={name: killed}),
+        phase="Failed",
+        conditions={"Optimized": ("False", "BackoffLimitExceeded")},
+        applies={"ConfigMap/mnist-spec", "PersistentVolumeClaim/mnist-artifacts"},
+        events=["Warning/BackoffLimitExceeded"],
+        check=check,
+    )
+
+
+def case_an_optimizer_past_its_deadline_names_the_setting() -> Case:
+    job = job_failed(build_job(model(GPU2), aid(GPU2), CFG), reason="DeadlineExceeded")
+
+    def check(plan: Plan) -> None:
+        optimized = next(c for c in plan.status.conditions if c.type.value == "Optimized")
+        assert "longer than 3600 s" in optimized.message
+        assert "KUBEACCEL_JOB_DEADLINE_SECONDS (Helm value optimizer.deadlineSeconds)" in (
+            optimized.message
+        )
+
+    return Case(
+        res=model(GPU2),
+        seen=observed(job),
+        phase="Failed",
+        conditions={"Optimized": ("False", "DeadlineExceeded")},
+        applies={"ConfigMap/mnist-spec", "PersistentVolumeClaim/mnist-artifacts"},
+        events=["Warning/DeadlineExceeded"],
+        check=check,
+    )
+
+
 def _assert(condition: bool) -> None:
     assert condition
 
@@ -541,6 +787,16 @@ CASES = {
     "cpu model moved to a gpu": case_cpu_model_moved_to_a_gpu_reoptimizes_on_the_gpu,
     "gpu product change": case_gpu_product_change_reoptimizes_for_the_new_gpu,
     "gpu placement change": case_gpu_placement_change_only_rolls_the_shards,
+    "shard crash loop": case_a_shard_that_crash_loops_fails_the_resource_with_its_last_words,
+    "shard image pull": case_an_image_that_cannot_be_pulled_fails_the_resource,
+    "shard OOMKilled": case_a_shard_killed_for_memory_names_the_limit_to_raise,
+    "shard unschedulable": case_a_shard_that_does_not_fit_on_a_node_keeps_deploying_and_says_why,
+    "artifact tampered": case_a_tampered_artifact_takes_a_ready_resource_down_with_the_reason,
+    "old template crashed": case_a_crashed_pod_of_the_previous_template_says_nothing_about_the_new_one,
+    "crashed replica, shard available": case_a_crashed_replica_of_an_available_shard_changes_nothing,
+    "optimizer OOMKilled": case_an_optimizer_out_of_memory_names_the_setting_and_keeps_the_old_shards,
+    "optimizer killed": case_an_optimizer_pod_killed_until_the_job_gives_up_says_it_was_killed,
+    "optimizer deadline": case_an_optimizer_past_its_deadline_names_the_setting,
 }
 
 
@@ -590,8 +846,35 @@ def test_objects_are_ordered_dependencies_first() -> None:
             "Service",
             "Deployment",
             "PodDisruptionBudget",
+            "NetworkPolicy",
         ].index,
     )
+
+
+def test_network_policies_come_with_the_shards_and_go_when_disabled() -> None:
+    fenced = {**GPU2, "networkPolicy": {"enabled": True}}
+    plan = reconcile(model(fenced, status=ready_status(GPU2)), observed(*serving(GPU2)), CFG, NOW)
+    policies = {o["metadata"]["name"] for o in plan.objects if o["kind"] == "NetworkPolicy"}
+    assert policies == {"mnist-shard-0", "mnist-shard-1"}
+    assert plan.objects[-1]["kind"] == "NetworkPolicy"  # after the pods they fence
+    live_policies = [o for o in plan.objects if o["kind"] == "NetworkPolicy"]
+    # Turned off again: they are deleted; nothing rolls (the pod template is unchanged).
+    again = reconcile(
+        model(GPU2, status=plan.status), observed(*serving(GPU2), *live_policies), CFG, NOW
+    )
+    assert {f"{k}/{n}" for k, n in again.delete} == {
+        "NetworkPolicy/mnist-shard-0",
+        "NetworkPolicy/mnist-shard-1",
+    }
+    assert again.status.phase.value == "Ready"
+    # The operator's default applies when the spec does not say.
+    on_by_default = reconcile(
+        model(GPU2, status=ready_status(GPU2)),
+        observed(*serving(GPU2)),
+        Settings(network_policy=True),
+        NOW,
+    )
+    assert sum(o["kind"] == "NetworkPolicy" for o in on_by_default.objects) == 2
 
 
 def test_s3_storage_optimizes_without_a_claim_and_serves_from_the_bucket() -> None:
@@ -624,17 +907,6 @@ def test_invalid_status_keeps_what_the_running_shards_report() -> None:
     status, _ = invalid_status(ready, InvalidSpec(["spec.x: bad"]), 2, NOW)
     assert status.endpoint == ready.endpoint
     assert status.deployed_artifact_id == ready.deployed_artifact_id
-
-
-def test_message_tail_prefers_the_error_of_a_json_message() -> None:
-    assert (
-        message_tail('{"error": "budget exceeded: top1 0.91 < 0.99"}')
-        == "budget exceeded: top1 0.91 < 0.99"
-    )
-    assert message_tail("\n".join(str(i) for i in range(20))) == "\n".join(
-        str(i) for i in range(10, 20)
-    )
-    assert message_tail("") == ""
 
 
 def test_parse_summary_reports_what_is_wrong_with_it() -> None:

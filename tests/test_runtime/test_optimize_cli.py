@@ -10,7 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 from kubeaccel_runtime.cli import main
-from kubeaccel_runtime.optimize.cli import TERMINATION_LIMIT, compact
+from kubeaccel_runtime.termination import TERMINATION_LIMIT, compact
 
 FAST = ["--threads", "1", "--bench-iterations", "3", "--no-rss"]
 

@@ -48,11 +48,13 @@ or deleted by hand triggers a reconcile of its owner at once.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# The Job's pod: its termination message carries the optimization summary. During a
-# shadow/canary rollout, the serving chain's shard-0 pods (their IPs, to read their counters).
+# Pods, read only: the Job's pod's termination message carries the optimization summary
+# (or why it failed); shard pods say why a shard cannot start (crash loop, image pull),
+# and during a shadow/canary rollout the serving chain's shard-0 pods give their IPs (to
+# read their counters).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 # One Deployment and Service per shard, the model's main Service, and a
 # PodDisruptionBudget for shards with more than one replica.
 - apiGroups: [""]
@@ -72,4 +74,9 @@ or deleted by hand triggers a reconcile of its owner at once.
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
   verbs: ["get", "list", "create", "patch", "delete"]
+# The opt-in NetworkPolicy of each shard: only clients reach shard 0, only shard i-1
+# reaches shard i (spec.networkPolicy, default from networkPolicy.enabled).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 {{- end }}

@@ -201,6 +201,15 @@ def object_meta(
     return meta
 
 
+def shard_meta(res: AcceleratedModel, index: int, chain: Chain = Chain.A) -> dict[str, Any]:
+    """metadata of a per-shard object of a chain, named as its shard (PDB, NetworkPolicy)."""
+    return object_meta(
+        res,
+        shard_name(res.metadata.name, index, chain),
+        labels(res, chain.component, shard=index),
+    )
+
+
 def pod_security_context() -> dict[str, Any]:
     """Pod-level half of the restricted Pod Security Standard."""
     return {
@@ -310,13 +319,14 @@ def artifacts_volume(res: AcceleratedModel, *, read_only: bool) -> dict[str, Any
 
 
 def serving_spec(res: AcceleratedModel) -> dict[str, Any]:
-    """The spec the runtime reads (KUBEACCEL_SPEC): everything but storage.
+    """The spec the runtime reads (KUBEACCEL_SPEC): everything but storage and network.
 
-    Storage only tells the operator where artifacts live, so a storage edit must not
-    roll the serving pods.
+    Storage only tells the operator where artifacts live and networkPolicy who may reach
+    the pods, so editing them must not roll the serving pods.
     """
     wire = res.spec.to_wire()
     wire.pop("storage", None)
+    wire.pop("networkPolicy", None)
     return wire
 
 

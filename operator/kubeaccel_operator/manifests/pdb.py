@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 
-from kubeaccel_operator.manifests.common import (
-    Chain,
-    Manifest,
-    labels,
-    object_meta,
-    selector_labels,
-    shard_name,
-)
+from kubeaccel_operator.manifests.common import Chain, Manifest, selector_labels, shard_meta
 
 
 def build_pdb(res: AcceleratedModel, index: int, chain: Chain = Chain.A) -> Manifest | None:
@@ -26,11 +19,7 @@ def build_pdb(res: AcceleratedModel, index: int, chain: Chain = Chain.A) -> Mani
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": object_meta(
-            res,
-            shard_name(res.metadata.name, index, chain),
-            labels(res, chain.component, shard=index),
-        ),
+        "metadata": shard_meta(res, index, chain),
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": selector_labels(res, chain.component, index)},

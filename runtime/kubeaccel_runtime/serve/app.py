@@ -98,9 +98,18 @@ class ModelSlot:
         self.problem = ""
 
     def fail(self, reason: str) -> None:
-        """The model will never load; `reason` is reported on readiness."""
+        """The model failed to load; `reason` is reported on readiness."""
         self.failed = True
         self.problem = f"model failed to load: {reason}"
+
+    def withdraw(self, reason: str) -> None:
+        """A loaded model must not serve any more (its artifact no longer verifies).
+
+        Requests already running finish on the session they hold; new ones get 503.
+        """
+        self.model = None
+        self.failed = True
+        self.problem = f"model withdrawn: {reason}"
 
 
 class _ClientGone(Exception):
@@ -119,7 +128,9 @@ class ServeApp:
         self.inflight_bytes = 0
         self._executor = ThreadPoolExecutor(settings.run_workers, thread_name_prefix="onnxruntime")
         self._batcher: Batcher | None = None
-        self._next = NextShard(settings.chain, slot.name) if settings.chain else None
+        self._next = (
+            NextShard(settings.chain, slot.name, self._count_retry) if settings.chain else None
+        )
         self.router = Router(settings.routing, slot.name, None) if settings.routing else None
         self._counters: dict[tuple[str, int], Any] = {}
         # The document of the model it was built for (None: the generic one).
@@ -409,6 +420,9 @@ class ServeApp:
         finally:
             self.inflight -= 1
             self.inflight_bytes -= reserve
+
+    def _count_retry(self, cause: str) -> None:
+        self.metrics.downstream_retries.labels(cause).inc()
 
     def _count_non_finite(self, output: str) -> None:
         self.metrics.nonfinite_outputs.labels(output).inc()

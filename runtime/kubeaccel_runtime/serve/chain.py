@@ -1,8 +1,10 @@
 """Forward a shard's outputs to the next shard and bring back the model outputs.
 
-Intermediate tensors always travel as binary data. Timeouts are bounded; connection
-failures and 503s are retried a few times with a short backoff (inference is
-idempotent); anything else surfaces at once as 502/503 with the next shard's message.
+Intermediate tensors always travel as binary data. Timeouts are bounded; what the retry
+contract (kubeaccel_runtime.retry) allows is retried a few times with a short backoff:
+connection failures, a keep-alive connection closed by a replica that is shutting down,
+and 503s (inference is idempotent). Anything else surfaces at once as 502/503 with the
+next shard's message.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 import orjson
 
 from kubeaccel_runtime.client import OipDecodeError, decode_response, encode_request
+from kubeaccel_runtime.retry import RetryPolicy, retriable_error, retriable_status
 from kubeaccel_runtime.serve.errors import DownstreamFailed, DownstreamUnavailable
 
 log = logging.getLogger("kubeaccel.serve.chain")
@@ -41,9 +44,15 @@ class ChainConfig:
 class NextShard:
     """An httpx connection pool to the next shard, plus a cached view of its readiness."""
 
-    def __init__(self, cfg: ChainConfig, model_name: str) -> None:
+    def __init__(
+        self,
+        cfg: ChainConfig,
+        model_name: str,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.model_name = model_name
+        self._on_retry = on_retry
         timeout = httpx.Timeout(
             cfg.request_timeout_s, connect=cfg.connect_timeout_s, pool=cfg.request_timeout_s
         )
@@ -52,6 +61,7 @@ class NextShard:
             timeout=timeout,
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
+        self._retry = RetryPolicy(retries=cfg.retries, backoff_s=cfg.backoff_s)
         self._ready: tuple[float, bool, str] = (0.0, False, "not checked yet")
         self._ready_lock = asyncio.Lock()
 
@@ -91,32 +101,43 @@ class NextShard:
         while True:
             try:
                 response = await self._http.post(path, content=body, headers=headers)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-                if attempt < self.cfg.retries:
-                    attempt += 1
-                    await asyncio.sleep(self.cfg.backoff_s * attempt)
-                    continue
-                raise DownstreamUnavailable(
-                    f"next shard {self.cfg.next_url} unreachable after {attempt + 1} attempts: "
-                    f"{type(exc).__name__}",
-                    reason="unreachable",
-                ) from None
-            except httpx.TimeoutException:
-                raise DownstreamUnavailable(
-                    f"next shard {self.cfg.next_url} did not answer within "
-                    f"{self.cfg.request_timeout_s:g} s",
-                    reason="timeout",
-                ) from None
             except httpx.HTTPError as exc:
-                raise DownstreamFailed(
-                    f"next shard {self.cfg.next_url} failed: {type(exc).__name__}: {exc}",
-                    reason="transport",
-                ) from None
-            if response.status_code == 503 and attempt < self.cfg.retries:
+                if retriable_error(exc) and self._retry.allows(attempt + 1):
+                    attempt += 1
+                    await self._before_retry("transport", attempt)
+                    continue
+                raise self._transport_error(exc, attempt) from None
+            if retriable_status(response.status_code) and self._retry.allows(attempt + 1):
                 attempt += 1
-                await asyncio.sleep(self.cfg.backoff_s * attempt)
+                await self._before_retry(f"http_{response.status_code}", attempt)
                 continue
             return self._decode(response)
+
+    async def _before_retry(self, cause: str, attempt: int) -> None:
+        if self._on_retry is not None:
+            self._on_retry(cause)
+        await asyncio.sleep(self._retry.delay(attempt))
+
+    def _transport_error(
+        self, exc: httpx.HTTPError, attempt: int
+    ) -> DownstreamUnavailable | DownstreamFailed:
+        """The error a caller gets when the next shard gave no answer."""
+        if retriable_error(exc):
+            return DownstreamUnavailable(
+                f"next shard {self.cfg.next_url} unreachable after {attempt + 1} attempts: "
+                f"{type(exc).__name__}",
+                reason="unreachable",
+            )
+        if isinstance(exc, httpx.TimeoutException):
+            return DownstreamUnavailable(
+                f"next shard {self.cfg.next_url} did not answer within "
+                f"{self.cfg.request_timeout_s:g} s",
+                reason="timeout",
+            )
+        return DownstreamFailed(
+            f"next shard {self.cfg.next_url} failed: {type(exc).__name__}: {exc}",
+            reason="transport",
+        )
 
     def _decode(self, response: httpx.Response) -> dict[str, Array]:
         status = response.status_code

@@ -3,7 +3,12 @@
 The HTTP server starts at once (live, not ready) and the shard loads in a background
 thread: digests first, then the onnxruntime session. If loading fails, readiness says
 why and the process exits with status 1 after `--fail-exit-seconds`, so Kubernetes shows
-a crash loop with a readable reason instead of a silent not-ready pod.
+a crash loop with a readable reason instead of a silent not-ready pod. The reason also
+goes to the termination log (/dev/termination-log), where the operator reads it.
+
+While serving, the artifact's digests are re-checked every `--verify-interval` seconds:
+an artifact changed on the volume withdraws the model (503, not ready) and ends the
+process the same way, so the restarted pod refuses it at load.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from pydantic import ValidationError
 from kubeaccel_runtime.artifact_manifest import ArtifactInvalid, read_manifest
 from kubeaccel_runtime.serve.app import ModelSlot, ServeSettings, create_app
 from kubeaccel_runtime.serve.chain import ChainConfig
+from kubeaccel_runtime.serve.integrity import IntegrityWatch
 from kubeaccel_runtime.serve.logs import logging_config
 from kubeaccel_runtime.serve.routing import RoutingSource
 from kubeaccel_runtime.serve.server import ServerOptions, build_server
 from kubeaccel_runtime.serve.session import LoadError, SessionConfig, load_shard
+from kubeaccel_runtime.termination import write_termination_log
 
 log = logging.getLogger("kubeaccel.serve")
 SPEC_ENV = "KUBEACCEL_SPEC"
@@ -213,6 +220,13 @@ def settings_for(
     help="Canary: let --candidate answer this share of requests.",
 )
 @click.option(
+    "--verify-interval",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Re-check the artifact's digests this often while serving (0: only at start).",
+)
+@click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info"
 )
 def serve(
@@ -234,6 +248,7 @@ def serve(
     candidate: str | None,
     mirror_percent: float | None,
     canary_percent: float | None,
+    verify_interval: float,
     log_level: str,
 ) -> None:
     """Serve shard SHARD of an artifact with the Open Inference Protocol v2."""
@@ -272,6 +287,15 @@ def serve(
         intra_op_threads=threads,
     )
 
+    def give_up(message: str, reason: str) -> None:
+        # Readiness says why at once; Kubernetes learns it from the exit and the log.
+        write_termination_log({"error": f"shard {shard}: {message}", "reason": reason})
+        server.stop_after(fail_exit_seconds, exit_code=1)
+
+    def withdraw(problem: str) -> None:
+        slot.withdraw(problem)
+        give_up(problem, "ArtifactInvalid")
+
     def load() -> None:
         try:
             model = load_shard(
@@ -283,12 +307,15 @@ def serve(
                 log.error("cannot serve: %s", exc, extra=where)
             else:
                 log.exception("cannot serve: unexpected %s", type(exc).__name__, extra=where)
-            slot.fail(str(exc) or type(exc).__name__)
-            server.stop_after(fail_exit_seconds, exit_code=1)
+            message = str(exc) or type(exc).__name__
+            slot.fail(message)
+            give_up(message, exc.reason if isinstance(exc, LoadError) else "LoadFailed")
             return
         if app.settings.batching and not model.batching_capable:
             log.warning("batching disabled: inputs/outputs lack a dynamic dimension 0")
         slot.set(model)
+        if verify_interval > 0:
+            IntegrityWatch(artifacts, verify_interval, withdraw).start()
         # Everything loaded so far lives for the whole process: keep it out of the
         # collector's full passes, which otherwise stall requests for milliseconds.
         gc.freeze()

@@ -80,6 +80,12 @@ class ServeMetrics:
             ["kind"],
             registry=r,
         )
+        self.downstream_retries = Counter(
+            "kubeaccel_downstream_retries",
+            "Forwards to the next shard sent again (transport failure or 503).",
+            ["cause"],
+            registry=r,
+        )
         self.inflight = Gauge(
             "kubeaccel_inflight_requests",
             "Infer requests being processed.",

@@ -55,7 +55,15 @@ AUTO_ORDER = (TENSORRT, CUDA, CPU)
 
 
 class LoadError(RuntimeError):
-    """The shard cannot be served; the message says why (digest, provider, contract...)."""
+    """The shard cannot be served; the message says why (digest, provider, contract...).
+
+    `reason` is a CamelCase word for machines (the operator puts it into the resource's
+    condition): ArtifactInvalid, ProviderUnavailable or LoadFailed.
+    """
+
+    def __init__(self, message: str, reason: str = "LoadFailed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -129,7 +137,8 @@ def choose_providers(requested: ExecutionProvider, available: Sequence[str]) -> 
     if wanted not in available:
         raise LoadError(
             f"executionProvider {requested.value} requires {wanted}, but this onnxruntime "
-            f"offers only {', '.join(available)} (install kubeaccel[gpu] on a GPU node)"
+            f"offers only {', '.join(available)} (install kubeaccel[gpu] on a GPU node)",
+            reason="ProviderUnavailable",
         )
     return [wanted] if wanted == CPU else [wanted, CPU]
 
@@ -165,7 +174,8 @@ def create_session(path: Path, cfg: SessionConfig) -> tuple[Any, str, int]:
     if cfg.provider is not ExecutionProvider.AUTO and in_use != providers[0]:
         raise LoadError(
             f"executionProvider {cfg.provider.value} was requested but onnxruntime fell back "
-            f"to {in_use} (no usable GPU or missing CUDA/TensorRT libraries)"
+            f"to {in_use} (no usable GPU or missing CUDA/TensorRT libraries)",
+            reason="ProviderUnavailable",
         )
     if in_use != providers[0]:
         log.warning("provider fallback", extra={"requested": providers[0], "in_use": in_use})
@@ -300,7 +310,7 @@ def load_shard(
         manifest = verify_artifact(artifact_dir)
         path = shard_path(artifact_dir, manifest, shard_index)
     except ArtifactInvalid as exc:
-        raise LoadError(str(exc)) from None
+        raise LoadError(str(exc), reason="ArtifactInvalid") from None
     if forwarding and shard_index == len(manifest.shards) - 1:
         raise LoadError(
             f"shard {shard_index} is the last shard; it has no next shard to forward to"

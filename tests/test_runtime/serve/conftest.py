@@ -11,6 +11,8 @@ import pytest
 
 # Test modules import the helpers by name; pytest's importlib mode adds no test dir to sys.path.
 sys.path.insert(0, str(Path(__file__).parent))
+# Support shared by several test folders (tests/support).
+sys.path.insert(0, str(Path(__file__).parents[2] / "support"))
 
 from kubeaccel_runtime.serve.app import ServeApp, ServeSettings, create_app
 from kubeaccel_runtime.serve.session import LoadedModel, load_shard

@@ -25,6 +25,7 @@ from serve_fixtures import (
     spec_for,
     write_artifact,
 )
+from tcp_front import TcpFront
 
 X = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
 
@@ -192,3 +193,36 @@ async def test_a_next_shard_that_hangs_gives_a_503_instead_of_a_hang(
 def test_the_last_shard_cannot_be_started_with_a_next_shard(split_artifact: Path) -> None:
     with pytest.raises(LoadError, match="last shard"):
         load_shard(split_artifact, 1, forwarding=True, config=CPU1)
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+async def test_a_next_shard_replica_that_dies_mid_request_is_retried_invisibly(
+    reset: bool,
+    shard0: LoadedModel,
+    shard1_server: ServerThread,
+    unsplit: Callable[[np.ndarray], np.ndarray],
+    app_factory: Callable[..., ServeApp],
+) -> None:
+    with TcpFront(shard1_server.url, drops=2, reset=reset) as front:
+        app = app_factory(shard0, chain_cfg(front.url, backoff_s=0.01))
+        async for c in _client(app):
+            body, headers = encode_request({"x": X})
+            r = await c.post("/v2/models/mlp/infer", content=body, headers=headers)
+            assert r.status_code == 200, r.text
+            np.testing.assert_array_equal(
+                decode_response(r.content, r.headers).outputs["y"], unsplit(X)
+            )
+            metrics = (await c.get("/metrics")).text
+            assert 'kubeaccel_downstream_retries_total{cause="transport"} 2.0' in metrics
+
+
+async def test_a_next_shard_that_keeps_dying_gives_a_503_after_the_retries(
+    shard0: LoadedModel, shard1_server: ServerThread, app_factory: Callable[..., ServeApp]
+) -> None:
+    with TcpFront(shard1_server.url, drops=10, reset=True) as front:
+        app = app_factory(shard0, chain_cfg(front.url, backoff_s=0.01))
+        async for c in _client(app):
+            body, headers = encode_request({"x": X})
+            r = await c.post("/v2/models/mlp/infer", content=body, headers=headers)
+            assert r.status_code == 503
+            assert "unreachable after 3 attempts" in r.json()["error"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from kubeaccel_runtime.client import (
@@ -14,6 +16,7 @@ from kubeaccel_runtime.client import (
     oip_datatype,
 )
 from kubeaccel_runtime.loadgen import LoadError, LoadSpec, run, summarize
+from kubeaccel_runtime.retry import RetryPolicy, retriable_error, retriable_status
 from kubeaccel_runtime.serve.app import ServeApp
 from kubeaccel_runtime.serve.session import LoadedModel
 from serve_fixtures import ServerThread
@@ -136,3 +139,103 @@ def test_the_load_generator_fails_fast_on_a_wrong_model_name(
         spec = LoadSpec(url=srv.url, model="nope", inputs={"x": np.ones((1, 4), np.float32)})
         with pytest.raises(LoadError, match="HTTP 404"):
             run(spec)
+
+
+class Unavailable:
+    """The app, except that infer calls number `first`..`first + count - 1` answer 503."""
+
+    def __init__(self, app: ServeApp, first: int, count: int) -> None:
+        self.app, self.first, self.count, self.calls = app, first, count, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/infer"):
+            self.calls += 1
+            if self.first <= self.calls < self.first + self.count:
+                body = b'{"error": "server is shutting down"}'
+                await receive()
+                await send({"type": "http.response.start", "status": 503, "headers": []})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize("engine", ["raw", "httpx"])
+@pytest.mark.parametrize("retry", [None, RetryPolicy(retries=3, backoff_s=0.001)])
+def test_the_load_generator_retries_503s_as_the_retry_contract_says(
+    mlp_model: LoadedModel,
+    app_factory: Callable[..., ServeApp],
+    engine: str,
+    retry: RetryPolicy | None,
+) -> None:
+    # Calls 2-4 fail: the 1st request succeeds, the 2nd needs three retries.
+    app = Unavailable(app_factory(mlp_model), first=2, count=3)
+    with ServerThread(app) as srv:  # type: ignore[arg-type]
+        spec = LoadSpec(
+            url=srv.url,
+            model="mlp",
+            inputs={"x": np.ones((1, 4), np.float32)},
+            concurrency=1,
+            requests=10,
+            duration_s=20,
+            warmup=0,
+            engine=engine,  # type: ignore[arg-type]
+            retry=retry,
+        )
+        result = run(spec)
+    if retry is None:
+        assert (result.requests, result.errors, result.retries) == (10, 3, 0)
+        assert result.statuses == {200: 7, 503: 3}
+    else:
+        assert (result.requests, result.errors, result.retries) == (10, 0, 3)
+        assert result.statuses == {200: 10}
+    assert result.as_dict()["retries"] == result.retries
+
+
+def test_a_retry_policy_backs_off_exponentially_and_stops() -> None:
+    policy = RetryPolicy(retries=3, backoff_s=0.1)
+    assert [policy.delay(n) for n in (1, 2, 3)] == pytest.approx([0.1, 0.2, 0.4])
+    assert policy.allows(3) and not policy.allows(4)
+
+
+@pytest.mark.parametrize(
+    ("exc", "retried"),
+    [
+        (httpx.ConnectError("refused"), True),
+        (httpx.ConnectTimeout("slow connect"), True),
+        (httpx.ReadError("reset"), True),
+        (httpx.RemoteProtocolError("closed"), True),
+        (ConnectionResetError(), True),
+        (httpx.ReadTimeout("slow answer"), False),
+        (httpx.PoolTimeout("busy"), False),
+        (TimeoutError(), False),
+        (ValueError("bug"), False),
+    ],
+)
+def test_only_failures_without_an_answer_are_retried(exc: BaseException, retried: bool) -> None:
+    assert retriable_error(exc) is retried
+
+
+def test_only_503_is_a_retriable_answer() -> None:
+    assert [
+        code for code in (200, 400, 404, 413, 422, 500, 502, 503) if retriable_status(code)
+    ] == [503]
+
+
+@pytest.mark.parametrize("engine", ["raw", "httpx"])
+def test_without_a_first_check_an_unreachable_server_is_counted_not_raised(engine: str) -> None:
+    from serve_fixtures import free_port
+
+    spec = LoadSpec(
+        url=f"http://127.0.0.1:{free_port()}",
+        model="mlp",
+        inputs={"x": np.ones((1, 4), np.float32)},
+        requests=5,
+        duration_s=20,
+        warmup=2,
+        engine=engine,  # type: ignore[arg-type]
+        check_first=False,
+        retry=RetryPolicy(retries=1, backoff_s=0.001),
+    )
+    result = run(spec)
+    assert (result.requests, result.errors, result.statuses) == (5, 5, {0: 5})
+    assert result.retries == 5  # connection refused is retried once, then counted

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -19,6 +20,13 @@ from kubeaccel_runtime.serve.cli import SPEC_ENV, resolve_spec, settings_for
 from serve_fixtures import MLP_INPUTS, Proc, build_mlp, spec_for, write_artifact
 
 X = np.ones((1, 4), dtype=np.float32)
+
+
+def copy_of(artifact: Path, tmp_path: Path) -> Path:
+    """A private copy of an artifact directory, for a test that damages it."""
+    import shutil
+
+    return Path(shutil.copytree(artifact, tmp_path / artifact.name))
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +66,14 @@ def test_sigterm_flips_readiness_drains_in_flight_requests_and_exits_zero(
 def test_a_tampered_artifact_keeps_the_server_not_ready_and_exits_one(
     mlp_artifact: Path, tmp_path: Path, proc_factory: type[Proc]
 ) -> None:
-    import shutil
-
-    bad = tmp_path / mlp_artifact.name
-    shutil.copytree(mlp_artifact, bad)
+    bad = copy_of(mlp_artifact, tmp_path)
     shard = bad / "shard-0.onnx"
     shard.write_bytes(shard.read_bytes()[:-1] + b"\x00")
+    last_words = tmp_path / "termination-log"
     started = time.monotonic()
-    p = proc_factory(bad, "--fail-exit-seconds", "1.5")
+    p = proc_factory(
+        bad, "--fail-exit-seconds", "1.5", env={"KUBEACCEL_TERMINATION_LOG": str(last_words)}
+    )
     p.wait_for("/v2/health/live", 200)
     r = p.wait_for("/v2/health/ready", 503)
     assert "sha256 mismatch" in r.json()["error"]
@@ -76,6 +84,51 @@ def test_a_tampered_artifact_keeps_the_server_not_ready_and_exits_one(
     assert time.monotonic() - started >= 1.5
     errors = [e for e in p.logs() if e["level"] == "error"]
     assert errors and "sha256 mismatch" in str(errors[0]["msg"])
+    # What Kubernetes shows as the container's last message, and the operator reads.
+    reason = json.loads(last_words.read_text())
+    assert reason["reason"] == "ArtifactInvalid"
+    assert reason["error"].startswith("shard 0: ") and "sha256 mismatch" in reason["error"]
+
+
+@pytest.mark.slow
+def test_an_artifact_changed_while_serving_withdraws_the_model_and_exits_one(
+    mlp_artifact: Path, tmp_path: Path, proc_factory: type[Proc]
+) -> None:
+    served = copy_of(mlp_artifact, tmp_path)
+    last_words = tmp_path / "termination-log"
+    p = proc_factory(
+        served,
+        "--verify-interval",
+        "0.2",
+        "--fail-exit-seconds",
+        "1",
+        env={"KUBEACCEL_TERMINATION_LOG": str(last_words)},
+    )
+    p.wait_for("/v2/health/ready", 200)
+    with InferenceClient(p.url) as cli:
+        before = cli.infer("mlp", {"x": X}).outputs["y"]
+    shard = served / "shard-0.onnx"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit in the weights
+    shard.write_bytes(bytes(data))
+    answers: list[np.ndarray] = []
+    refused = 0
+    with InferenceClient(p.url, timeout=5) as cli:
+        while p.proc.poll() is None:
+            try:
+                answers.append(cli.infer("mlp", {"x": X}).outputs["y"])
+            except OipError as exc:
+                assert exc.status == 503 and "sha256 mismatch" in str(exc)
+                refused += 1
+            except httpx.TransportError:
+                break  # the server has stopped listening
+    assert p.proc.wait(30) == 1
+    assert refused > 0, "the changed artifact was never noticed"
+    # Every answer came from the verified model in memory: nothing else was ever answered.
+    for y in answers:
+        np.testing.assert_array_equal(y, before)
+    reason = json.loads(last_words.read_text())
+    assert reason["reason"] == "ArtifactInvalid" and "sha256 mismatch" in reason["error"]
 
 
 @pytest.mark.slow
