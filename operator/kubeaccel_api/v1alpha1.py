@@ -26,6 +26,8 @@ QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 # Extended resource names are prefixed (vendor domain / name).
 RESOURCE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 TENSOR_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:/-]*$"
+# Samples generated from the contract when a data source names no file and no count.
+GENERATED_SAMPLES = 64
 
 
 def _cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
@@ -86,6 +88,14 @@ class QuantizationMode(StrEnum):
     STATIC_INT8 = "static-int8"
     FP16 = "fp16"
     AUTO = "auto"
+
+
+class Objective(StrEnum):
+    """What `auto` optimizes for among the candidates inside the accuracy budget."""
+
+    LATENCY = "latency"
+    THROUGHPUT = "throughput"
+    SIZE = "size"
 
 
 class CalibrationMethod(StrEnum):
@@ -224,7 +234,15 @@ class DataSource(ApiModel):
             "Absent: samples are generated from the inputs contract with `seed`."
         ),
     )
-    samples: int = Field(default=64, ge=1, le=100_000, description="Number of samples to use.")
+    samples: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description=(
+            "Use at most this many samples. Absent: every sample the file holds, or "
+            f"{GENERATED_SAMPLES} generated ones."
+        ),
+    )
     seed: int = Field(default=0, ge=0, description="Seed for generated samples.")
 
 
@@ -340,6 +358,16 @@ class OptimizationSpec(ApiModel):
     graph_optimization_level: GraphOptimizationLevel = Field(
         default=GraphOptimizationLevel.EXTENDED,
         description="onnxruntime graph optimizations applied offline to the artifact.",
+    )
+    objective: Objective = Field(
+        default=Objective.LATENCY,
+        description=(
+            "What quantization.mode auto picks among the candidates inside the accuracy "
+            "budget (the original model is one of them): latency (lowest batch-1 p50), "
+            "throughput (most items/s at the largest benchmarked batch) or size (fewest "
+            "bytes). A candidate timed within 3 % of the best and at least 10 % smaller wins "
+            "the tie."
+        ),
     )
 
 
@@ -1098,12 +1126,53 @@ class CandidateReport(ApiModel):
 
     config: str = Field(description="Configuration, e.g. prune0.5+static-int8.")
     latency_ms: float | None = Field(default=None, description="Median latency at batch 1, ms.")
+    throughput: float | None = Field(
+        default=None, description="Items per second at the largest benchmarked batch."
+    )
     bytes: int | None = Field(default=None, description="Model size in bytes.")
     max_abs_diff: float | None = Field(default=None, description="Max abs diff vs the original.")
     top1_agreement: float | None = Field(default=None, description="Top-1 agreement, 0-1.")
     accuracy: float | None = Field(default=None, description="Labelled top-1 accuracy, 0-1.")
     within_budget: bool = Field(description="Whether it passed the accuracy budget.")
+    pareto: bool | None = Field(
+        default=None,
+        description=(
+            "Inside the budget and not beaten on every one of size, batch-1 latency, "
+            "throughput and accuracy by another candidate inside the budget."
+        ),
+    )
     chosen: bool = Field(default=False, description="Whether it was deployed.")
+
+
+class Interval(ApiModel):
+    """A measured figure with its 95 % confidence interval."""
+
+    value: float = Field(description="The figure measured on the validation samples.")
+    low: float = Field(description="Lower end of the 95 % confidence interval.")
+    high: float = Field(description="Upper end of the 95 % confidence interval.")
+
+
+class AccuracyGateStatus(ApiModel):
+    """How sure the accuracy gate is: intervals, sample count, and whether the data decide."""
+
+    samples: int = Field(ge=0, description="Validation samples both models were run on.")
+    confidence: float = Field(default=0.95, description="Confidence level of the intervals.")
+    accuracy_drop: Interval | None = Field(
+        default=None,
+        description="Labelled top-1 accuracy lost (before - after), paired over the same samples.",
+    )
+    top1_agreement: Interval | None = Field(
+        default=None, description="Fraction of samples whose top-1 class is unchanged."
+    )
+    resolved: bool = Field(
+        description=(
+            "False when an interval contains its budget's limit: the samples cannot tell "
+            "whether the model is inside the budget (see message)."
+        )
+    )
+    message: str | None = Field(
+        default=None, description="Why the data cannot resolve the budget, and what would."
+    )
 
 
 class OptimizationStatus(ApiModel):
@@ -1121,6 +1190,13 @@ class OptimizationStatus(ApiModel):
     max_abs_diff: float | None = Field(default=None, description="Max abs output diff.")
     top1_agreement: float | None = Field(default=None, description="Top-1 agreement, 0-1.")
     chosen: str | None = Field(default=None, description="The configuration that was kept.")
+    objective: Objective | None = Field(
+        default=None, description="The objective auto chose the configuration for."
+    )
+    gate: AccuracyGateStatus | None = Field(
+        default=None,
+        description="Confidence intervals and sample count behind the accuracy figures.",
+    )
     execution_provider: str | None = Field(
         default=None, description="Execution provider the artifact was validated on."
     )

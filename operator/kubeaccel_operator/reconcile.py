@@ -98,6 +98,9 @@ CHILD_KINDS: tuple[str, ...] = (
 # may still be serving; it goes away with the resource (owner reference) only.
 NEVER_DELETED = frozenset({"PersistentVolumeClaim"})
 
+# Warning Event when the validation samples are too few to decide the accuracy budget.
+REASON_GATE_UNRESOLVED = "AccuracyUnresolved"
+
 
 @dataclass(frozen=True)
 class Observed:
@@ -218,6 +221,9 @@ def optimization_outcome(
             warnings: tuple[Event, ...] = ()
             if problem:
                 warnings = (Event("Warning", "SummaryUnreadable", f"Job {name}: {problem}"),)
+            unresolved = gate_warning(summary)
+            if unresolved:
+                warnings += (Event("Warning", REASON_GATE_UNRESOLVED, unresolved),)
             return Outcome(
                 JobState.SUCCEEDED, "Optimized", _success_message(summary), summary, warnings
             )
@@ -292,6 +298,17 @@ def _recorded_outcome(old: AcceleratedModelStatus, artifact: str) -> Outcome | N
     return None
 
 
+def gate_warning(summary: OptimizationStatus) -> str | None:
+    """Why the validation data could not resolve the accuracy budget (None: it could)."""
+    gate = summary.gate
+    if gate is None or gate.resolved:
+        return None
+    return (
+        f"artifact {summary.artifact_id}: the accuracy gate was decided on "
+        f"{gate.samples} validation samples that cannot resolve the budget: {gate.message}"
+    )
+
+
 def _success_message(summary: OptimizationStatus) -> str:
     parts = [f"artifact {summary.artifact_id}"]
     if summary.chosen:
@@ -300,7 +317,10 @@ def _success_message(summary: OptimizationStatus) -> str:
         parts.append(f"speedup {summary.speedup:.2f}x")
     if summary.size_ratio is not None:
         parts.append(f"size ratio {summary.size_ratio:.2f}")
-    return ", ".join(parts)
+    text = ", ".join(parts)
+    if summary.gate is not None and not summary.gate.resolved:
+        text += f"; accuracy budget NOT resolved by the validation data: {summary.gate.message}"
+    return text
 
 
 @dataclass(frozen=True)

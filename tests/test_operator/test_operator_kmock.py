@@ -46,6 +46,11 @@ SPEC: dict[str, Any] = deep_merge(
 )
 
 
+ONE_SHARD: dict[str, Any] = deep_merge(
+    SPEC, {"optimization": {"partition": {"shards": 1}}, "runtime": {"replicas": 1}}
+)
+
+
 def manifest(name: str = NAME, spec: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "kubeaccel.io/v1alpha1",
@@ -335,9 +340,7 @@ def test_the_operator_takes_a_resource_from_apply_to_ready_through_updates_and_d
 
 def test_a_restart_mid_way_converges_without_duplicates(env: Env) -> None:
     env.operator.start()
-    spec = deep_merge(
-        SPEC, {"optimization": {"partition": {"shards": 1}}, "runtime": {"replicas": 1}}
-    )
+    spec = ONE_SHARD
     env.api.create(manifest(spec=spec))
     artifact = aid_of(spec)
     job = one_job(env, artifact)
@@ -545,3 +548,39 @@ def test_the_operator_rides_out_an_api_server_outage_without_a_restart(
         )
         wait_for(lambda: env.status().get("observedGeneration") == 2, "the change after the outage")
         assert env.operator.stop() in (0, -15)  # while the API is there to say goodbye to
+
+
+def test_a_gate_the_data_cannot_resolve_reaches_status_and_a_warning_event(env: Env) -> None:
+    env.operator.start()
+    spec = ONE_SHARD
+    env.api.create(manifest(spec=spec))
+    artifact = aid_of(spec)
+    job = one_job(env, artifact)
+    gate = {
+        "samples": 40,
+        "confidence": 0.95,
+        "accuracyDrop": {"value": 0.0, "low": -0.0657, "high": 0.0657},
+        "resolved": False,
+        "message": "accuracy drop 0.0000 (95 % CI -0.0657..0.0657) on 40 samples cannot "
+        "resolve maxAccuracyDrop 0.01; about 276 samples at the observed rates would",
+    }
+    finish_job(
+        env.api,
+        NS,
+        job["metadata"]["name"],
+        json.dumps({**json.loads(summary(artifact)), "gate": gate}),
+    )
+    shards_serving(env, artifact, 1)
+    wait_for(lambda: "AccuracyUnresolved" in env.event_reasons(), "the AccuracyUnresolved Warning")
+    event = next(
+        e
+        for e in env.api.list("Event", NS)
+        if e["reason"] == "AccuracyUnresolved" and e["involvedObject"]["name"] == NAME
+    )
+    assert event["type"] == "Warning" and "about 276 samples" in event["message"]
+    status = env.status()
+    assert status["optimization"]["gate"] == gate
+    assert "NOT resolved by the validation data" in env.condition("Optimized")["message"]
+    available(env)
+    ready(env, 1)
+    assert env.event_reasons().count("AccuracyUnresolved") == 1

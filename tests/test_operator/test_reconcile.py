@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,6 +231,43 @@ def case_job_done() -> Case:
             "PodDisruptionBudget/mnist-shard-1",
         },
         events=["Normal/Optimized", "Normal/Deploying"],
+        check=check,
+    )
+
+
+UNRESOLVED_GATE = {
+    "samples": 64,
+    "accuracyDrop": {"value": 0.0, "low": -0.042, "high": 0.042},
+    "resolved": False,
+    "message": "accuracy drop 0.0000 (95 % CI -0.0420..0.0420) on 64 samples cannot resolve "
+    "maxAccuracyDrop 0.01; about 276 samples at the observed rates would",
+}
+
+
+def case_job_done_with_an_unresolved_gate() -> Case:
+    res = model(GPU2)
+    artifact = aid(GPU2)
+    job = job_complete(build_job(res, artifact, CFG))
+    message = json.dumps({**json.loads(summary(artifact)), "gate": UNRESOLVED_GATE})
+
+    def check(plan: Plan) -> None:
+        gate = plan.status.optimization.gate if plan.status.optimization else None
+        assert gate is not None and gate.resolved is False and gate.samples == 64
+        assert gate.accuracy_drop is not None and gate.accuracy_drop.high == 0.042
+        optimized = next(c for c in plan.status.conditions if c.type.value == "Optimized")
+        assert "NOT resolved by the validation data" in optimized.message
+        assert "about 276 samples" in optimized.message
+        warning = next(e for e in plan.events if e.reason == "AccuracyUnresolved")
+        assert warning.type == "Warning" and "64 validation samples" in warning.message
+        assert "about 276 samples" in warning.message
+
+    return Case(
+        res=model(GPU2, status=reconcile(res, observed(), CFG, NOW).status),
+        seen=observed(job, messages={job["metadata"]["name"]: message}),
+        phase="Deploying",
+        conditions={"Optimized": ("True", "Optimized"), "Deployed": ("True", "ShardsDeployed")},
+        applies=case_job_done().applies,
+        events=["Warning/AccuracyUnresolved", "Normal/Optimized", "Normal/Deploying"],
         check=check,
     )
 
@@ -775,6 +813,7 @@ CASES = {
     "failure recorded, job still there": case_failure_recorded_and_job_still_there,
     "job done": case_job_done,
     "job done, unreadable summary": case_job_done_with_unreadable_summary,
+    "job done, gate unresolved": case_job_done_with_an_unresolved_gate,
     "all shards available": case_all_shards_available,
     "shard loses availability": case_shard_loses_availability,
     "shards report the provider they got": case_shards_report_the_provider_they_got,

@@ -209,6 +209,72 @@ def build_attention_block(seed: int = 0, d: int = 32, seq: int = 8) -> ModelProt
     )
 
 
+def build_embedder(
+    seed: int = 0,
+    vocab: int = 1000,
+    dim: int = 16,
+    seq: int = 8,
+    hidden: int = 24,
+    classes: int = 4,
+) -> ModelProto:
+    """input_ids[-1, seq] int64 -> Gather(embedding table) -> mean over tokens -> MatMul+Add+Relu
+    -> Gemm -> logits: over 90 % of the weights are in the embedding table, like a small BERT."""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "table": rng.standard_normal((vocab, dim)).astype(np.float32),
+        "w": _weights(rng, (dim, hidden)),
+        "b": (rng.standard_normal(hidden) * 0.1).astype(np.float32),
+        "head_w": _weights(rng, (classes, hidden)),
+        "head_b": np.zeros(classes, np.float32),
+    }
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["emb"], name="embed", axis=0),
+        helper.make_node("ReduceMean", ["emb"], ["pooled"], name="pool", axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "w"], ["h"], name="fc"),
+        helper.make_node("Add", ["h", "b"], ["hb"], name="fc_bias"),
+        helper.make_node("Relu", ["hb"], ["a"], name="relu"),
+        helper.make_node("Gemm", ["a", "head_w", "head_b"], ["logits"], name="head", transB=1),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", seq])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        inits,
+        "embedder",
+    )
+
+
+def build_outlier_mlp(seed: int = 0, features: int = 32, hidden: int = 32) -> ModelProto:
+    """An MLP whose first hidden layer has one unit 1000x larger than the rest, which the next
+    layer ignores: per-tensor INT8 of that activation crushes every other unit, so quantizing
+    fc2's input breaks the model while fc2 in FP32 (mixed precision) restores it."""
+    rng = np.random.default_rng(seed)
+    w1 = _weights(rng, (features, hidden))
+    w1[:, 0] = np.abs(w1[:, 0]) * 1000.0
+    w2 = _weights(rng, (hidden, hidden))
+    w2[0, :] = 0.0
+    inits = {
+        "w1": w1,
+        "w2": w2,
+        "w3": _weights(rng, (10, hidden)),
+        "b3": np.zeros(10, np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["input", "w1"], ["h1"], name="fc1"),
+        helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+        helper.make_node("MatMul", ["a1", "w2"], ["h2"], name="fc2"),
+        helper.make_node("Relu", ["h2"], ["a2"], name="relu2"),
+        helper.make_node("Gemm", ["a2", "w3", "b3"], ["logits"], name="head", transB=1),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+        "outlier",
+    )
+
+
 @dataclass(frozen=True)
 class OptModels:
     """Builders of the optimizer's test models (fresh protos on every call)."""
@@ -217,6 +283,8 @@ class OptModels:
     cnn: Callable[..., ModelProto] = build_cnn
     residual: Callable[..., ModelProto] = build_residual
     attention: Callable[..., ModelProto] = build_attention_block
+    embedder: Callable[..., ModelProto] = build_embedder
+    outlier: Callable[..., ModelProto] = build_outlier_mlp
 
 
 @pytest.fixture(scope="session")

@@ -242,3 +242,46 @@ def test_infer_and_bench_fail_clearly_on_bad_arguments_or_no_server(tmp_path: Pa
     assert down.returncode == 1 and "cannot reach" in down.stderr
     bench = _kubeaccel(tmp_path, "bench", "--endpoint", closed, "--requests", "5")
     assert bench.returncode == 1 and "cannot reach" in bench.stderr
+
+
+def test_the_embedding_example_optimizes_serves_and_answers_token_requests(tmp_path: Path) -> None:
+    """examples/embedder.yaml end to end: INT8/4-bit embeddings -> `kubeaccel run` -> request."""
+    repo = Path(__file__).resolve().parents[2]
+    work = tmp_path / "w"
+    cmd = [sys.executable, "-m", "kubeaccel_runtime.cli", "run", "-f", "examples/embedder.yaml"]
+    proc = subprocess.Popen(
+        [*cmd, "--workdir", str(work)],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    paths = RunPaths(work.resolve(), "embedder")
+    try:
+        state = _wait_for_state(paths, proc, timeout=600)
+        report = json.loads((paths.artifacts / str(state["artifact"]) / "report.json").read_text())
+        # The embedding table is quantized: the served model is about a quarter of the size.
+        assert report["sizes"]["sizeRatio"] < 0.3
+        assert report["summary"]["gate"]["resolved"] is True
+        assert report["summary"]["gate"]["samples"] == 3000
+        with np.load(repo / "examples" / "models" / "topics-val-embedder.npz") as val:
+            ids, labels = val["input_ids"][:16], val["labels"][:16]
+        original = ort.InferenceSession(
+            str(repo / "examples" / "models" / "embedder.onnx"),
+            providers=["CPUExecutionProvider"],
+        ).run(None, {"input_ids": ids})
+        base = str(state["endpoint"]).split("/v2/")[0]
+        with InferenceClient(base) as client:
+            served = client.infer("embedder", {"input_ids": ids}).outputs
+        assert served["logits"].shape == (16, 4) and served["embedding"].shape == (16, 64)
+        agree = np.mean(served["logits"].argmax(1) == original[0].argmax(1))
+        assert agree >= 0.9
+        assert np.mean(served["logits"].argmax(1) == labels) >= 0.75
+        # A token id outside the vocabulary is refused by the contract, not looked up.
+        with InferenceClient(base) as client, pytest.raises(Exception, match="8191"):
+            client.infer("embedder", {"input_ids": np.full((1, 32), 9000, np.int64)})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "int4-weight-only" in out or "int8" in out

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 from click.testing import CliRunner
 from kubeaccel_runtime.cli import main
 from kubeaccel_runtime.termination import TERMINATION_LIMIT, compact
@@ -129,3 +131,38 @@ def test_the_contract_goes_after_the_candidates_when_the_summary_is_too_long():
     assert json.loads(compact(big)) == {"artifactId": "x"}
     small = {"artifactId": "x", "candidates": [{"config": "c" * 100}] * 50, "contract": {"a": 1}}
     assert json.loads(compact(small)) == {"artifactId": "x", "contract": {"a": 1}}
+
+
+def test_the_report_warns_when_the_validation_data_cannot_resolve_the_budget(
+    tmp_path, opt_models, opt_spec_writer, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    model = opt_models.mlp()
+    x = np.random.default_rng(2).standard_normal((30, 64)).astype(np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.savez(tmp_path / "val.npz", input=x, labels=session.run(None, {"input": x})[0].argmax(1))
+    spec = _spec(
+        tmp_path,
+        model,
+        opt_spec_writer,
+        optimization={
+            "quantization": {"mode": "dynamic-int8"},
+            "validation": {"uri": "file://val.npz"},
+            "accuracyBudget": {"maxAccuracyDrop": 0.01},
+        },
+    )
+    code, _, err, summary = _invoke(
+        tmp_path, "optimize", "--spec", str(spec), "--out", "arts", *FAST
+    )
+    assert code == 0, err
+    assert "validation samples" in err and "accuracy drop" in err
+    assert "⚠ accuracy gate: the validation data cannot resolve the budget" in err
+    assert "on 30 samples cannot resolve maxAccuracyDrop 0.01" in err
+    assert summary is not None and summary["gate"]["resolved"] is False
+    assert summary["gate"]["samples"] == 30
+
+
+def test_a_summary_too_big_for_the_termination_log_keeps_the_gate():
+    gate = {"samples": 40, "resolved": False, "message": "m" * 300}
+    big = {"artifactId": "x", "gate": gate, "candidates": [{"config": "c" * 100}] * 100}
+    assert json.loads(compact(big)) == {"artifactId": "x", "gate": gate}

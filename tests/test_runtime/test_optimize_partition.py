@@ -9,6 +9,7 @@ import onnx
 import pytest
 from kubeaccel_api.v1alpha1 import PartitionBalance
 from kubeaccel_runtime.optimize import stages
+from kubeaccel_runtime.optimize.bench import node_times
 from kubeaccel_runtime.optimize.config import StaticQuantConfig
 from kubeaccel_runtime.optimize.data import Samples
 from kubeaccel_runtime.optimize.errors import PartitionError
@@ -149,3 +150,35 @@ def test_more_shards_than_cut_points_is_a_clear_error(opt_models):
 def test_every_shard_is_a_valid_onnx_model(opt_models):
     for shard in partition(opt_models.cnn(), 4, PartitionBalance.COMPUTE):
         onnx.checker.check_model(shard.model, full_check=True)
+
+
+def test_compute_balance_follows_measured_node_times_when_given(opt_models):
+    model = opt_models.cnn()
+    estimated = partition(model, 2, PartitionBalance.COMPUTE)
+    # Pretend the first convolution dominates the measured time: it gets a shard of its own
+    # (as early as a valid cut allows), whatever the FLOP estimates say.
+    times = {n.name: 0.01 for n in model.graph.node} | {"conv1": 100.0}
+    measured = partition(model, 2, PartitionBalance.COMPUTE, node_costs=times)
+    first = [n.name for n in measured[0].model.graph.node]
+    assert "conv1" in first and "fc1" not in first
+    assert len(measured[0].model.graph.node) < len(estimated[0].model.graph.node)
+    assert measured[0].cost > 0.9 * sum(times.values())
+    # And a heavy last layer pulls the cut to the end.
+    late = partition(
+        model, 2, PartitionBalance.COMPUTE, node_costs=times | {"conv1": 0.01, "fc2": 100.0}
+    )
+    assert [n.name for n in late[1].model.graph.node] == ["fc2"]
+    # Memory balance ignores compute times.
+    assert [len(s.model.graph.node) for s in partition(model, 2, PartitionBalance.MEMORY)] == [
+        len(s.model.graph.node)
+        for s in partition(model, 2, PartitionBalance.MEMORY, node_costs=times)
+    ]
+
+
+def test_node_times_name_every_node_that_runs(opt_models):
+    model = opt_models.cnn()
+    feeds = {"input": _x((8, 1, 8, 8))}
+    times = node_times(model, feeds, SessionSettings(), runs=3)
+    assert {"conv1", "conv2", "fc1", "fc2"} <= set(times)
+    assert set(times) <= {n.name for n in model.graph.node}
+    assert all(ms >= 0 for ms in times.values()) and times["conv2"] > 0

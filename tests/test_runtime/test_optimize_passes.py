@@ -10,6 +10,7 @@ from kubeaccel_runtime.optimize.config import (
     DynamicQuantConfig,
     Fp16Config,
     GraphOptConfig,
+    Int4WeightConfig,
     MagnitudePruneConfig,
     StaticQuantConfig,
     Step,
@@ -17,7 +18,9 @@ from kubeaccel_runtime.optimize.config import (
 )
 from kubeaccel_runtime.optimize.cpu import CpuFeatures, detect, parse_flags, saturation_guard
 from kubeaccel_runtime.optimize.data import Samples
+from kubeaccel_runtime.optimize.errors import UnsupportedModel
 from kubeaccel_runtime.optimize.graph import op_counts, parameter_count
+from kubeaccel_runtime.optimize.quantize import pre_processed
 from onnx import TensorProto, numpy_helper
 
 # What the pipeline decides on this machine: x86 without VNNI (e.g. AVX2 only) saturates
@@ -300,7 +303,8 @@ def test_graph_optimization_disabled_returns_the_model_unchanged(opt_models):
 
 def test_stages_are_registered_by_name_with_their_config_type(opt_models):
     assert set(stages.STAGES) == {
-        "prune-magnitude", "prune-structured", "quantize-dynamic", "quantize-static", "fp16", "graph-optimize"
+        "prune-magnitude", "prune-structured", "quantize-dynamic", "quantize-static",
+        "quantize-int4", "fp16", "graph-optimize",
     }  # fmt: skip
     with pytest.raises(KeyError, match="unknown stage 'nope'"):
         stages.run_stage("nope", opt_models.mlp(), Fp16Config())
@@ -317,3 +321,168 @@ def test_steps_chain_stages_and_record_each(opt_models, opt_run):
     assert [r["stage"] for r in records] == ["prune-structured", "quantize-dynamic"]
     assert _weights(model, "w1_quantized").shape == (64, 36)
     assert opt_run(model, {"input": _x((3, 64))})[0].shape == (3, 10)
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def _ids(count: int = 128, vocab: int = 1000, seq: int = 8) -> np.ndarray:
+    return np.random.default_rng(5).integers(0, vocab, (count, seq)).astype(np.int64)
+
+
+def _table_type(model) -> int:  # type: ignore[no-untyped-def]
+    gather = next(n for n in model.graph.node if n.op_type == "Gather" and n.name == "embed")
+    table = gather.input[0]
+    producer = next((n for n in model.graph.node if table in n.output), None)
+    if producer is not None:  # a weight DequantizeLinear (static QDQ)
+        table = producer.input[0]
+    return next(i.data_type for i in model.graph.initializer if i.name == table)
+
+
+def test_dynamic_int8_quantizes_embedding_tables_when_asked_and_stays_close(opt_models, opt_run):
+    model = opt_models.embedder()
+    with_tables = stages.run_stage(
+        stages.QUANTIZE_DYNAMIC, model, DynamicQuantConfig(op_types=("MatMul", "Gemm", "Gather"))
+    )
+    without = stages.run_stage(stages.QUANTIZE_DYNAMIC, model, DynamicQuantConfig())
+    assert _table_type(without.model) == TensorProto.FLOAT
+    assert _table_type(with_tables.model) in (TensorProto.UINT8, TensorProto.INT8)
+    assert without.model.ByteSize() > 0.9 * model.ByteSize()  # the table is 90 % of it
+    assert with_tables.model.ByteSize() < 0.3 * model.ByteSize()
+    feeds = {"input_ids": _ids()}
+    ref = opt_run(model, feeds)[0]
+    got, matmuls_only = opt_run(with_tables.model, feeds)[0], opt_run(without.model, feeds)[0]
+    # The table's INT8 adds little to what the (tiny, random) MatMuls already lose.
+    assert np.abs(got - matmuls_only).mean() < 0.02 * np.abs(ref).mean()
+    tables_only = stages.run_stage(
+        stages.QUANTIZE_DYNAMIC, model, DynamicQuantConfig(op_types=("Gather",))
+    )
+    alone = opt_run(tables_only.model, feeds)[0]
+    assert np.abs(alone - ref).mean() < 0.02 * np.abs(ref).mean()
+    assert np.mean(ref.argmax(1) == alone.argmax(1)) >= 0.97
+
+
+def test_static_int8_quantizes_embedding_tables_through_qdq(opt_models, opt_run):
+    model = opt_models.embedder()
+    calib = Samples({"input_ids": _ids(32)}, None, "test")
+    out = stages.run_stage(stages.QUANTIZE_STATIC, model, StaticQuantConfig(calibration=calib))
+    assert _table_type(out.model) in (TensorProto.UINT8, TensorProto.INT8)
+    assert out.model.ByteSize() < 0.35 * model.ByteSize()
+    tables = stages.run_stage(
+        stages.QUANTIZE_STATIC, model, StaticQuantConfig(calibration=calib, op_types=("Gather",))
+    )
+    assert _table_type(tables.model) in (TensorProto.UINT8, TensorProto.INT8)
+    feeds = {"input_ids": _ids()}
+    ref, got = opt_run(model, feeds)[0], opt_run(tables.model, feeds)[0]
+    assert np.abs(got - ref).mean() < 0.02 * np.abs(ref).mean()
+    assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.97
+
+
+# --------------------------------------------------------------------------- 4-bit
+
+
+def _int4_reference(w: np.ndarray, block: int) -> np.ndarray:
+    """Symmetric blockwise 4-bit of w[K, N] along K, as MatMulNBits stores it, dequantized."""
+    k = w.shape[0]
+    out = np.empty_like(w)
+    for start in range(0, k, block):
+        part = w[start : start + block]
+        hi, lo = part.max(axis=0), part.min(axis=0)
+        signed = np.where(np.abs(hi) > np.abs(lo), hi, lo)  # the extreme value keeps its sign
+        scale = signed / -8.0
+        q = np.clip(np.round(np.where(scale == 0, 0, part / np.where(scale == 0, 1, scale))), -8, 7)
+        out[start : start + block] = q * scale
+    return out
+
+
+def test_4bit_weight_only_matches_the_blockwise_dequantized_weights(opt_models, opt_run):
+    model = opt_models.mlp(features=96, hidden=64)
+    exact = stages.run_stage(stages.QUANTIZE_INT4, model, Int4WeightConfig(accuracy_level=0))
+    ops = op_counts(exact.model)
+    assert ops["MatMulNBits"] == 2 and "MatMul" not in ops  # fc1, fc2; the Gemm head stays
+    assert exact.notes["quantizedMatMuls"] == 2 and exact.notes["blockSize"] == 32
+    x = _x((16, 96))
+    w1, w2 = _weights(model, "w1"), _weights(model, "w2")
+    b1, b2 = _weights(model, "b1"), _weights(model, "b2")
+    w3, b3 = _weights(model, "w3"), _weights(model, "b3")
+    h = np.maximum(x @ _int4_reference(w1, 32) + b1, 0)
+    h = np.maximum(h @ _int4_reference(w2, 32) + b2, 0)
+    expected = h @ w3.T + b3
+    got = opt_run(exact.model, {"input": x})[0]
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
+    # And against the original: 4-bit error, well below the signal.
+    ref = opt_run(model, {"input": x})[0]
+    assert np.abs(got - ref).mean() < 0.1 * np.abs(ref).mean()
+
+
+def test_4bit_with_int8_activations_stays_close_and_packs_weights_two_to_a_byte(
+    opt_models, opt_run
+):
+    model = opt_models.attention(d=64)
+    fast = stages.run_stage(stages.QUANTIZE_INT4, model, Int4WeightConfig())
+    exact = stages.run_stage(stages.QUANTIZE_INT4, model, Int4WeightConfig(accuracy_level=0))
+    assert fast.notes["accuracyLevel"] == 4
+    assert op_counts(fast.model)["MatMulNBits"] == 5  # q, k, v, ff1, ff2; attention stays
+    packed = sum(
+        i.ByteSize() for i in fast.model.graph.initializer if i.data_type == TensorProto.UINT8
+    )
+    float_weights = 64 * 64 * 3 + 64 * 128 * 2
+    assert packed == pytest.approx(float_weights / 2, rel=0.05)  # 4 bits per weight
+    x = {"input": _x((4, 8, 64))}
+    ref = opt_run(model, x)[0]
+    got, exact_out = opt_run(fast.model, x)[0], opt_run(exact.model, x)[0]
+    # int8 activations (accuracy level 4) add little on top of the 4-bit weights...
+    assert np.abs(got - exact_out).mean() < 0.03 * np.abs(ref).mean()
+    # ...which stay within 4-bit noise of the original through two attention layers.
+    assert np.abs(got - ref).mean() < 0.2 * np.abs(ref).mean()
+
+
+def test_4bit_leaves_excluded_matmuls_in_float_and_rejects_a_model_without_matmul_weights(
+    opt_models,
+):
+    out = stages.run_stage(
+        stages.QUANTIZE_INT4, opt_models.mlp(), Int4WeightConfig(nodes_to_exclude=("fc2",))
+    )
+    ops = op_counts(out.model)
+    assert ops["MatMulNBits"] == 1 and ops["MatMul"] == 1
+    assert out.notes["keptFp32"] == ["fc2"]
+    only = stages.run_stage(
+        stages.QUANTIZE_INT4, opt_models.mlp(), Int4WeightConfig(nodes_to_quantize=("fc2",))
+    )
+    assert op_counts(only.model)["MatMulNBits"] == 1
+    assert next(n for n in only.model.graph.node if n.op_type == "MatMul").name == "fc1"
+    with pytest.raises(UnsupportedModel, match="no MatMul with constant 2-D float weights"):
+        stages.run_stage(stages.QUANTIZE_INT4, opt_models.cnn(), Int4WeightConfig())
+
+
+def test_int8_passes_quantize_only_the_named_nodes_or_leave_the_excluded_ones(opt_models):
+    model = opt_models.attention()  # 3-D MatMuls: pre-processing keeps their names
+    excluded = stages.run_stage(
+        stages.QUANTIZE_DYNAMIC, model, DynamicQuantConfig(nodes_to_exclude=("q", "ff2"))
+    )
+    float_matmuls = {n.name for n in excluded.model.graph.node if n.op_type == "MatMul"}
+    assert {"q", "ff2"} <= float_matmuls and not {"k", "v", "ff1"} & float_matmuls
+    assert excluded.notes["keptFp32"] == ["q", "ff2"]
+    only = stages.run_stage(
+        stages.QUANTIZE_DYNAMIC, model, DynamicQuantConfig(nodes_to_quantize=("k",))
+    )
+    assert op_counts(only.model)["MatMulInteger"] == 1
+    nothing = stages.run_stage(
+        stages.QUANTIZE_DYNAMIC, model, DynamicQuantConfig(nodes_to_quantize=())
+    )
+    assert "MatMulInteger" not in op_counts(nothing.model)
+
+
+def test_the_names_int8_quantizers_exclude_by_are_those_after_pre_processing(opt_models):
+    # onnxruntime fuses a 2-D MatMul+Add into a Gemm, which dynamic INT8 splits again.
+    static_names = {n.name for n in pre_processed(opt_models.mlp()).graph.node}
+    assert "fc1/MatMulAddFusion" in static_names and "fc1" not in static_names
+    dynamic = pre_processed(opt_models.mlp(), dynamic=True)
+    matmuls = [n.name for n in dynamic.graph.node if n.op_type == "MatMul"]
+    assert matmuls == ["fc1/MatMulAddFusion_MatMul", "fc2/MatMulAddFusion_MatMul", "head_MatMul"]
+    out = stages.run_stage(
+        stages.QUANTIZE_DYNAMIC,
+        opt_models.mlp(),
+        DynamicQuantConfig(nodes_to_exclude=(matmuls[0],)),
+    )
+    assert op_counts(out.model)["MatMulInteger"] == 2  # fc2 and the head

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from kubeaccel_api.v1alpha1 import QuantizationMode
 from kubeaccel_runtime.specfile import load_one
-from kubeaccel_runtime.zoo import build, cnn, data, transformer
+from kubeaccel_runtime.zoo import build, cnn, data, embedder, topics, transformer
 from kubeaccel_runtime.zoo.cli import main as zoo_main
 from kubeaccel_runtime.zoo.digests import (
     DigestSyncError,
@@ -26,7 +26,7 @@ from kubeaccel_runtime.zoo.digests import (
     sync_examples,
     sync_file,
 )
-from kubeaccel_runtime.zoo.export import INPUT_NAME, OUTPUT_NAME, export_onnx, serialize
+from kubeaccel_runtime.zoo.export import export_onnx, serialize
 from kubeaccel_runtime.zoo.train import (
     TrainConfig,
     deterministic_torch,
@@ -39,9 +39,12 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 FAST_EPOCHS = 4  # a fraction of a full build (10-20 epochs)
-# Held-out accuracy floors after FAST_EPOCHS (full builds reach 0.97-0.99). The transformer
-# learns slowest (0.90 after 4 epochs here), so its floor only shows that it learns at all.
-ACCURACY_FLOOR = {"cnn": 0.9, "mlp": 0.9, "transformer": 0.8}
+# The embedder's full build is 3 epochs over 20000 generated documents; one is a quick build.
+QUICK_EPOCHS = {"embedder": 1}
+# Held-out accuracy floors after FAST_EPOCHS (full builds reach 0.97-0.99, the embedder 0.93
+# of a 0.976 ceiling). The transformer learns slowest (0.90 after 4 epochs here), so its floor
+# only shows that it learns at all.
+ACCURACY_FLOOR = {"cnn": 0.9, "mlp": 0.9, "transformer": 0.8, "embedder": 0.8}
 OLD = "a" * 64
 NEW = "b" * 64
 
@@ -64,9 +67,23 @@ def split(digits: data.Digits) -> data.SplitIndices:
 
 
 @pytest.fixture(scope="session")
+def datasets() -> dict[str, build.Dataset]:
+    return {name: build.load_dataset(name) for name in (build.DIGITS, build.TOPICS)}
+
+
+def _held_out(recipe: build.Recipe, datasets: dict[str, build.Dataset], n: int) -> np.ndarray:
+    return recipe.make_inputs(datasets[recipe.dataset].samples["val"][:n])
+
+
+@pytest.fixture(scope="session")
 def quick_build(tmp_path_factory: pytest.TempPathFactory) -> list[build.BuiltModel]:
     """Every model, trained with a few epochs, built once for the session."""
-    return build.build_all(tmp_path_factory.mktemp("zoo"), epochs=FAST_EPOCHS)
+    out = tmp_path_factory.mktemp("zoo")
+    digits_models = [n for n, r in build.RECIPES.items() if r.dataset == build.DIGITS]
+    others = [n for n in build.RECIPES if n not in digits_models]
+    return build.build_all(out, digits_models, epochs=FAST_EPOCHS) + [
+        m for name in others for m in build.build_all(out, [name], epochs=QUICK_EPOCHS[name])
+    ]
 
 
 # --------------------------------------------------------------------------- data
@@ -140,24 +157,32 @@ def _fresh(recipe: build.Recipe) -> nn.Module:
 
 @pytest.mark.parametrize("name", sorted(build.RECIPES))
 def test_each_model_exports_with_a_dynamic_batch_and_matches_torch_in_onnxruntime(
-    name: str, digits: data.Digits, split: data.SplitIndices
+    name: str, datasets: dict[str, build.Dataset]
 ) -> None:
     recipe = build.RECIPES[name]
     model = _fresh(recipe)
-    held_out = recipe.make_inputs(digits.images[split.val[:64]])
-    proto = export_onnx(model, torch.from_numpy(held_out[:1]))
+    held_out = _held_out(recipe, datasets, 64)
+    exported = recipe.for_export(model) if recipe.for_export else model
+    proto = export_onnx(
+        exported,
+        torch.from_numpy(held_out[:1]),
+        input_name=recipe.input_name,
+        output_names=recipe.output_names,
+    )
     graph = proto.graph
-    assert [i.name for i in graph.input] == [INPUT_NAME]
-    assert [o.name for o in graph.output] == [OUTPUT_NAME]
-    batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
-    assert batch_dim.dim_param and not batch_dim.HasField("dim_value")
+    assert [i.name for i in graph.input] == [recipe.input_name]
+    assert [o.name for o in graph.output] == list(recipe.output_names)
+    for value in (*graph.input, *graph.output):
+        batch_dim = value.type.tensor_type.shape.dim[0]
+        assert batch_dim.dim_param and not batch_dim.HasField("dim_value")
     assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) >= 17
     assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in graph.initializer)
     session = _session(serialize(proto))
     expected = predict(model, held_out)
+    classes = expected.shape[1]
     for batch in (1, 7, 64):
-        got = session.run(None, {INPUT_NAME: held_out[:batch]})[0]
-        assert got.shape == (batch, 10)
+        got = session.run(None, {recipe.input_name: held_out[:batch]})[0]
+        assert got.shape == (batch, classes)
         assert np.max(np.abs(got - expected[:batch])) <= 1e-4
 
 
@@ -234,9 +259,10 @@ def test_trained_models_clear_the_accuracy_floor_through_onnxruntime(
     quick_build: list[build.BuiltModel],
 ) -> None:
     for built in quick_build:
+        key = build.RECIPES[built.name].input_name
         with np.load(built.data_files[2], allow_pickle=False) as val:
-            x, y = val[INPUT_NAME], val["labels"]
-        logits = _session(str(built.model_file)).run(None, {INPUT_NAME: x})[0]
+            x, y = val[key], val["labels"]
+        logits = _session(str(built.model_file)).run(None, {key: x})[0]
         held_out = float(np.mean(np.argmax(logits, axis=1) == y))
         assert held_out >= ACCURACY_FLOOR[built.name], (built.name, held_out)
         assert held_out == pytest.approx(built.accuracy_onnx)
@@ -245,24 +271,28 @@ def test_trained_models_clear_the_accuracy_floor_through_onnxruntime(
 
 @pytest.mark.slow
 def test_a_build_writes_every_file_the_examples_use(
-    quick_build: list[build.BuiltModel], split: data.SplitIndices
+    quick_build: list[build.BuiltModel], datasets: dict[str, build.Dataset]
 ) -> None:
     out_dir = quick_build[0].model_file.parent
     expected = build.output_files(out_dir, list(build.RECIPES))
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(p.name for p in expected)
     for built in quick_build:
+        recipe = build.RECIPES[built.name]
+        dataset = datasets[recipe.dataset]
         assert built.sha256 == sha256_file(built.model_file)
         assert built.bytes == built.model_file.stat().st_size
         files = {p.name.split("-")[1]: p for p in built.data_files}
-        for part, idx in (("train", split.train), ("calib", split.calib), ("val", split.val)):
+        assert all(p.name.startswith(f"{recipe.dataset}-") for p in built.data_files)
+        for part in ("train", "calib", "val"):
             with np.load(files[part], allow_pickle=False) as arrays:
-                assert arrays[INPUT_NAME].shape == (len(idx), *built.input_shape[1:])
-                assert arrays[INPUT_NAME].dtype == np.float32
+                x = arrays[recipe.input_name]
+                assert x.shape == (len(dataset.labels[part]), *built.input_shape[1:])
+                assert x.dtype == (np.int64 if recipe.dataset == build.TOPICS else np.float32)
                 assert ("labels" in arrays.files) == (part != "calib")
         meta = {p.key: p.value for p in onnx.load(str(built.model_file)).metadata_props}
         assert meta["kubeaccel.zoo/model"] == built.name
-        assert meta["kubeaccel.zoo/epochs"] == str(FAST_EPOCHS)
-        assert meta["kubeaccel.zoo/train_samples"] == str(len(split.train))
+        assert meta["kubeaccel.zoo/epochs"] == str(QUICK_EPOCHS.get(built.name, FAST_EPOCHS))
+        assert meta["kubeaccel.zoo/train_samples"] == str(len(dataset.labels["train"]))
 
 
 @pytest.mark.slow
@@ -398,10 +428,14 @@ def test_every_example_validates_and_points_at_files_the_build_writes(path: Path
         assert uri is not None and uri.removeprefix("file://") in built, uri
     model_name = Path(spec.source.uri).stem
     recipe = build.RECIPES[model_name]
-    shape = (-1, *recipe.make_inputs(np.zeros((1, 8, 8), np.float32)).shape[1:])
-    assert [(t.name, tuple(t.shape)) for t in spec.inputs] == [(INPUT_NAME, shape)]
-    assert spec.outputs is not None and spec.outputs[0].name == OUTPUT_NAME
-    assert spec.optimization.validation.samples >= 540  # the whole held-out split
+    sample = build.load_dataset(recipe.dataset).samples["calib"][:1]
+    shape = (-1, *recipe.make_inputs(sample).shape[1:])
+    assert [(t.name, tuple(t.shape)) for t in spec.inputs] == [(recipe.input_name, shape)]
+    assert spec.outputs is not None
+    assert [t.name for t in spec.outputs] == list(recipe.output_names)
+    # The whole held-out split: `samples` absent (every sample) or at least all of them.
+    samples = spec.optimization.validation.samples
+    assert samples is None or samples >= 540
     if spec.optimization.quantization.mode is QuantizationMode.STATIC_INT8:
         assert spec.optimization.quantization.calibration is not None
 
@@ -430,6 +464,55 @@ def test_the_check_command_fails_on_a_stale_digest_and_writes_nothing(
         result.output
     )
     assert (examples / "m.yaml").read_text() == before
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def test_topic_documents_are_token_ids_the_same_every_time_and_balanced() -> None:
+    ids, labels = topics.generate(2000, seed=3)
+    again, _ = topics.generate(2000, seed=3)
+    assert ids.dtype == np.int64 and ids.shape == (2000, topics.SEQ_LEN)
+    assert np.array_equal(ids, again)
+    assert ids.min() >= 1 and ids.max() < topics.VOCAB  # id 0 is never a word
+    assert set(np.unique(labels)) == set(range(topics.CLASSES))
+    assert np.bincount(labels).min() > 2000 / topics.CLASSES * 0.8
+    with pytest.raises(ValueError, match="at least 1"):
+        topics.generate(0, seed=1)
+
+
+def test_the_splits_differ_and_have_their_sizes() -> None:
+    val, calib = topics.split("val"), topics.split("calib")
+    assert len(val[0]) == topics.SPLIT_SIZES["val"] and len(calib[0]) == topics.SPLIT_SIZES["calib"]
+    assert not np.array_equal(val[0][: len(calib[0])], calib[0])
+    with pytest.raises(ValueError, match="unknown split"):
+        topics.split("test")
+
+
+def test_topics_are_learnable_but_not_trivially() -> None:
+    ids, labels = topics.split("val")
+    bayes = float(np.mean(topics.bayes_predict(ids) == labels))
+    assert 0.95 < bayes < 0.995  # a ceiling below 1: some documents are ambiguous
+
+
+def test_the_embedder_exports_logits_and_a_normalized_sentence_embedding() -> None:
+    with deterministic_torch(0):
+        model = embedder.TopicEmbedder().eval()
+    ids = torch.from_numpy(topics.generate(3, seed=9)[0])
+    logits, embedding = embedder.for_export(model)(ids)
+    assert logits.shape == (3, topics.CLASSES) and embedding.shape == (3, embedder.D_MODEL)
+    assert torch.allclose(embedding.mean(dim=1), torch.zeros(3), atol=1e-5)  # LayerNorm'd
+    with pytest.raises(TypeError, match="TopicEmbedder"):
+        embedder.for_export(nn.Linear(2, 2))
+
+
+def test_a_recipe_refuses_another_dataset(
+    tmp_path: Path, datasets: dict[str, build.Dataset]
+) -> None:
+    with pytest.raises(ValueError, match="embedder trains on topics, not digits"):
+        build.build_model(build.RECIPES["embedder"], datasets[build.DIGITS], tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        build.load_dataset("imagenet")
 
 
 def test_the_committed_example_models_match_every_yaml_digest() -> None:

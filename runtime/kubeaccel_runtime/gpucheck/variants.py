@@ -24,6 +24,7 @@ from kubeaccel_runtime.optimize.bench import BenchSettings, Latency, measure
 from kubeaccel_runtime.optimize.plan import candidate
 from kubeaccel_runtime.optimize.session import Chain, SessionSettings, create, effective_provider
 from kubeaccel_runtime.optimize.source import pvc_root, resolve
+from kubeaccel_runtime.optimize.weights import weight_facts
 from kubeaccel_runtime.trt import CPU, CUDA, TENSORRT, profile_shapes, trt_options
 
 CALIBRATION_SAMPLES = 128
@@ -86,7 +87,9 @@ def load_inputs(resource: AcceleratedModel, root: Path, max_batch: int | None) -
     calib = spec.optimization.quantization.calibration
     if calib is not None and calib.uri is not None:
         calibration = sample_data.read_file(
-            local_path(calib.uri, root), inputs, count=min(calib.samples, CALIBRATION_SAMPLES)
+            local_path(calib.uri, root),
+            inputs,
+            count=min(calib.samples or CALIBRATION_SAMPLES, CALIBRATION_SAMPLES),
         )
     else:  # as the optimization Job does without calibration data: from the contract
         calibration = sample_data.generate(
@@ -105,6 +108,7 @@ def build_model(variant: Variant, inputs: Inputs) -> tuple[ModelProto, list[dict
         saturation,
         inputs.calibration,
         variant.provider,
+        weight_facts(inputs.model),
     )
     return stages.run_steps(inputs.model, plan.steps)
 

@@ -20,7 +20,7 @@ from kubeaccel_runtime.local.run import (
     write_spec,
 )
 from kubeaccel_runtime.local.supervisor import PortInUse, plan_ports
-from kubeaccel_runtime.optimize.cli import summary_table
+from kubeaccel_runtime.optimize.cli import print_report
 from kubeaccel_runtime.optimize.errors import OptimizeError
 from kubeaccel_runtime.specfile import load_one
 
@@ -99,7 +99,7 @@ def run(
         write_spec(resource, paths)
         reused = " (reused: same source and optimization)" if result.reused else ""
         terminal.say(console, f"artifact: {artifact}{reused}")
-        console.print(summary_table(result.report))
+        print_report(console, result.report, candidates=False)
         if detach:
             state = start_detached(spec_path, paths, port=port, ready_timeout=ready_timeout)
             terminal.say(console, terminal.READY, f": {state['endpoint']}")

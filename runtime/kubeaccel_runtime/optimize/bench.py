@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from kubeaccel_api.v1alpha1 import GraphOptimizationLevel
 from onnx import ModelProto
 
 from kubeaccel_runtime import onnx_io
@@ -94,12 +95,14 @@ def measure(
     return result
 
 
-def top_ops(
+_KERNEL = "_kernel_time"
+
+
+def _kernel_events(
     models: Sequence[ModelProto], feeds: Feeds, settings: SessionSettings, runs: int
 ) -> list[dict[str, Any]]:
-    """The slowest operator types from onnxruntime's profiler (time per run, share of total)."""
-    totals: dict[str, float] = defaultdict(float)
-    calls: dict[str, int] = defaultdict(int)
+    """onnxruntime profiler events of every node kernel over `runs` runs of the chain."""
+    events: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="kubeaccel-prof-") as tmp:
         sessions = [
             create(m, settings, profile_prefix=Path(tmp, f"shard{i}")) for i, m in enumerate(models)
@@ -108,15 +111,22 @@ def top_ops(
         for _ in range(max(1, runs)):
             chain.run(feeds)
         for session in sessions:
-            events = json.loads(Path(session.end_profiling()).read_text())
-            for event in events:
-                if event.get("cat") != "Node" or not str(event.get("name", "")).endswith(
-                    "_kernel_time"
-                ):
-                    continue
-                op = str(event.get("args", {}).get("op_name", "?"))
-                totals[op] += float(event.get("dur", 0)) / 1000.0
-                calls[op] += 1
+            for event in json.loads(Path(session.end_profiling()).read_text()):
+                if event.get("cat") == "Node" and str(event.get("name", "")).endswith(_KERNEL):
+                    events.append(event)
+    return events
+
+
+def top_ops(
+    models: Sequence[ModelProto], feeds: Feeds, settings: SessionSettings, runs: int
+) -> list[dict[str, Any]]:
+    """The slowest operator types from onnxruntime's profiler (time per run, share of total)."""
+    totals: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
+    for event in _kernel_events(models, feeds, settings, runs):
+        op = str(event.get("args", {}).get("op_name", "?"))
+        totals[op] += float(event.get("dur", 0)) / 1000.0
+        calls[op] += 1
     grand = sum(totals.values()) or 1.0
     ranked = sorted(totals.items(), key=lambda kv: kv[1], reverse=True)[:TOP_OPS]
     n = max(1, runs)
@@ -129,6 +139,25 @@ def top_ops(
         }
         for op, ms in ranked
     ]
+
+
+def node_times(
+    model: ModelProto, feeds: Feeds, settings: SessionSettings, runs: int
+) -> dict[str, float]:
+    """Measured milliseconds per run of every node, by node name.
+
+    Graph optimizations are disabled for this measurement so that every node of `model`
+    runs as itself (fusions would rename or merge them); the times are for balancing.
+    """
+    plain = SessionSettings(
+        providers=settings.providers,
+        threads=settings.threads,
+        level=GraphOptimizationLevel.DISABLED,
+    )
+    times: dict[str, float] = defaultdict(float)
+    for event in _kernel_events([model], feeds, plain, runs):
+        times[str(event["name"])[: -len(_KERNEL)]] += float(event.get("dur", 0)) / 1000.0
+    return {name: ms / max(1, runs) for name, ms in times.items()}
 
 
 def peak_rss(

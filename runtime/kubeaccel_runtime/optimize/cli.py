@@ -56,35 +56,47 @@ class RichProgress:
             self._status = None
 
 
+def _fmt(value: Any, suffix: str = "") -> str:
+    if value is None:
+        return "—"
+    return f"{value:.4g}{suffix}" if isinstance(value, float) else f"{value}{suffix}"
+
+
+def _interval(figure: dict[str, Any] | None) -> str:
+    if not figure:
+        return "—"
+    return f"{figure['value']:.4f} (95 % CI {figure['low']:.4f}..{figure['high']:.4f})"
+
+
 def summary_table(report: dict[str, Any]) -> Table:
     """The headline figures of a report."""
     s = report["summary"]
+    gate = s.get("gate") or {}
     table = Table(title=f"{report['modelName']} → artifact {report['artifactId']}")
     table.add_column("figure")
     table.add_column("value", justify="right")
-
-    def fmt(value: Any, suffix: str = "") -> str:
-        if value is None:
-            return "—"
-        return f"{value:.4g}{suffix}" if isinstance(value, float) else f"{value}{suffix}"
-
     rows = [
         ("chosen", s.get("chosen")),
+        ("objective", s.get("objective") or "— (mode is not auto)"),
         ("execution provider", s.get("executionProvider")),
-        ("size before → after", f"{fmt(s.get('bytesBefore'))} → {fmt(s.get('bytesAfter'))} B"),
-        ("size ratio", fmt(s.get("sizeRatio"))),
+        ("size before → after", f"{_fmt(s.get('bytesBefore'))} → {_fmt(s.get('bytesAfter'))} B"),
+        ("size ratio", _fmt(s.get("sizeRatio"))),
         (
             "p50 batch 1 before → after",
-            f"{fmt(s.get('latencyBeforeMs'))} → {fmt(s.get('latencyAfterMs'))} ms",
+            f"{_fmt(s.get('latencyBeforeMs'))} → {_fmt(s.get('latencyAfterMs'))} ms",
         ),
-        ("speedup (batch 1)", fmt(s.get("speedup"), "x")),
-        ("speedup (max batch)", fmt(report.get("speedupMaxBatch"), "x")),
-        ("max abs diff", fmt(s.get("maxAbsDiff"))),
-        ("top-1 agreement", fmt(s.get("top1Agreement"))),
+        ("speedup (batch 1)", _fmt(s.get("speedup"), "x")),
+        ("speedup (max batch)", _fmt(report.get("speedupMaxBatch"), "x")),
+        ("max abs diff", _fmt(s.get("maxAbsDiff"))),
+        ("validation samples", _fmt(gate.get("samples"))),
+        ("top-1 agreement", _interval(gate.get("top1Agreement"))),
         (
             "accuracy before → after",
-            f"{fmt(s.get('accuracyBefore'))} → {fmt(s.get('accuracyAfter'))}",
+            f"{_fmt(s.get('accuracyBefore'))} → {_fmt(s.get('accuracyAfter'))}",
         ),
+        ("accuracy drop", _interval(gate.get("accuracyDrop"))),
+        ("budget resolved by the data", "—" if not gate else ("yes" if gate["resolved"] else "NO")),
+        ("kept in FP32", ", ".join(report["chosen"].get("keptFp32") or []) or "—"),
         ("shards", str(report["partition"]["shards"])),
     ]
     for name, value in rows:
@@ -92,29 +104,62 @@ def summary_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def gate_warning(report: dict[str, Any]) -> str | None:
+    """The warning to print when the validation data cannot resolve the accuracy budget."""
+    gate = report["summary"].get("gate") or {}
+    if gate.get("resolved", True):
+        return None
+    return (
+        "accuracy gate: the validation data cannot resolve the budget, so the figures above "
+        f"decide it on noise: {gate.get('message')}. Give optimization.validation more "
+        "labelled samples (see docs/accuracy-gate.md)."
+    )
+
+
+def print_report(console: Console, report: dict[str, Any], *, candidates: bool = True) -> None:
+    """The summary table, the candidates table and any accuracy-gate warning."""
+    console.print(summary_table(report))
+    if candidates:
+        console.print(candidates_table(report))
+        for c in report["candidates"]:
+            if c.get("keptFp32"):
+                terminal.say(console, f"{c['config']}: kept in FP32: {', '.join(c['keptFp32'])}")
+    warning = gate_warning(report)
+    if warning:
+        terminal.say(console, (f"⚠ {warning}", "yellow"))
+
+
 def candidates_table(report: dict[str, Any]) -> Table:
-    """Every candidate's figures."""
-    table = Table(title="candidates")
+    """Every candidate on size, batch-1 latency, max-batch throughput and accuracy."""
+    table = Table(title="candidates (* Pareto-optimal inside the budget)")
+    before = report["sizes"]["bytesBefore"] or 1
     for col in (
         "config",
-        "latency vs original",
-        "bytes",
+        "size vs original",
+        "b1 latency vs original",
+        "max-batch items/s",
+        "accuracy / top-1 agr.",
         "max abs diff",
-        "top-1 agr.",
         "in budget",
+        "pareto",
         "chosen",
     ):
         table.add_column(col)
     for c in report["candidates"]:
         acc = c.get("accuracy") or {}
         rel = c.get("relativeLatency")
+        quality = acc.get("accuracyAfter")
+        if quality is None:
+            quality = acc.get("top1Agreement")
         table.add_row(
             c["config"],
+            f"{c['bytes'] / before:.3f}" if "bytes" in c else "—",
             f"{rel:.3f}x" if rel is not None else (c.get("error") or "—")[:40],
-            str(c.get("bytes", "—")),
+            f"{c['throughput']:.0f}" if c.get("throughput") is not None else "—",
+            f"{quality:.4f}" if quality is not None else "—",
             f"{acc['maxAbsDiff']:.3g}" if "maxAbsDiff" in acc else "—",
-            f"{acc['top1Agreement']:.3f}" if acc.get("top1Agreement") is not None else "—",
             "yes" if c["withinBudget"] else "no",
+            "*" if c.get("pareto") else "",
             "✓" if c["chosen"] else "",
         )
     return table
@@ -238,8 +283,7 @@ def optimize(
             err,
             f"artifact {result.path.name} already exists and verifies; nothing to do (--force rebuilds)",
         )
-    err.print(summary_table(result.report))
-    err.print(candidates_table(result.report))
+    print_report(err, result.report)
     if report_png is not None:
         from kubeaccel_runtime.optimize.chart import write_chart
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from kubeaccel_api.v1alpha1 import CalibrationMethod, GraphOptimizationLevel
@@ -20,11 +21,16 @@ class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
+    INT4 = "int4"
 
 
 # ConvInteger (what dynamic quantization makes of Conv) is 5-7x slower than FP32 Conv on the
 # CPU provider, so dynamic INT8 touches only matrix products unless asked otherwise.
 DYNAMIC_DEFAULT_OPS: tuple[str, ...] = ("MatMul", "Gemm")
+# Embedding tables (the data input of Gather) are quantized when they hold at least this share
+# of a model's float weight bytes: below it the bytes saved do not pay for the added risk.
+EMBEDDING_MIN_SHARE = 0.1
+EMBEDDING_OPS: tuple[str, ...] = ("Gather",)
 PRUNABLE_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
 # Ops whose FP16 results overflow or lose too much (exponentials, sums of squares,
 # normalizations); they stay FP32 with Casts around them.
@@ -71,6 +77,10 @@ class DynamicQuantConfig:
     per_channel: bool = True
     reduce_range: bool = False
     op_types: tuple[str, ...] = DYNAMIC_DEFAULT_OPS
+    # Node names left in FP32 (mixed precision), and, when set, the only nodes quantized
+    # (per-node sensitivity).
+    nodes_to_exclude: tuple[str, ...] = ()
+    nodes_to_quantize: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +97,23 @@ class StaticQuantConfig:
     reduce_range: bool = False
     op_types: tuple[str, ...] | None = None
     symmetric: bool = False
+    nodes_to_exclude: tuple[str, ...] = ()
+    nodes_to_quantize: tuple[str, ...] | None = None
+    # A calibration cache file: when it exists its ranges are reused instead of recalibrating
+    # (the mixed-precision search quantizes the same model many times).
+    calibration_cache: Path | None = None
+
+
+@dataclass(frozen=True)
+class Int4WeightConfig:
+    """4-bit weight-only MatMul (MatMulNBits): blockwise symmetric weights, FP32 activations."""
+
+    block_size: int = 32
+    # accuracy_level 4: the CPU kernel quantizes activations to int8 per block and uses
+    # integer dot products; weights stay 4-bit in memory either way.
+    accuracy_level: int = 4
+    nodes_to_exclude: tuple[str, ...] = ()
+    nodes_to_quantize: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,9 +138,12 @@ StageConfig = (
     | StructuredPruneConfig
     | DynamicQuantConfig
     | StaticQuantConfig
+    | Int4WeightConfig
     | Fp16Config
     | GraphOptConfig
 )
+# Stages whose nodes can be left in FP32 one by one (the mixed-precision search).
+ExcludableConfig = DynamicQuantConfig | StaticQuantConfig | Int4WeightConfig
 
 
 @dataclass(frozen=True)

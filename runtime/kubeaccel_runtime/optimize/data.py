@@ -119,8 +119,10 @@ def _random(
     return values.astype(np_type)
 
 
-def read_file(path: Path, inputs: Sequence[TensorInfo], *, count: int) -> Samples:
+def read_file(path: Path, inputs: Sequence[TensorInfo], *, count: int | None) -> Samples:
     """Read samples from .npz (one array per input name, optional `labels`) or .npy (one input).
+
+    `count` limits how many are used (the first ones); None uses every sample in the file.
 
     Arrays are loaded with allow_pickle=False; they are cast to the model's dtypes and their
     non-batch dimensions are checked against the model.
@@ -159,7 +161,8 @@ def read_file(path: Path, inputs: Sequence[TensorInfo], *, count: int) -> Sample
         counts.add(labels.shape[0])
     if len(counts) != 1:
         raise DataError(f"{path.name}: arrays disagree on the number of samples: {sorted(counts)}")
-    n = min(count, counts.pop())
+    held = counts.pop()
+    n = held if count is None else min(count, held)
     if n < 1:
         raise DataError(f"{path.name}: no samples")
     samples = Samples(arrays, labels, f"file({path.name})")

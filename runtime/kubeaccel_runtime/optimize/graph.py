@@ -167,3 +167,21 @@ def parameter_count(model: ModelProto, names: Iterable[str] | None = None) -> in
         for i in model.graph.initializer
         if wanted is None or i.name in wanted
     )
+
+
+def ensure_node_names(model: ModelProto) -> ModelProto:
+    """A copy where every node has a unique name (quantizers exclude nodes by name)."""
+    out = copy_model(model)
+    taken = {n.name for n in out.graph.node if n.name}
+    seen: set[str] = set()
+    counter = 0
+    for node in out.graph.node:
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        while f"{node.op_type}_{counter}" in taken:
+            counter += 1
+        node.name = f"{node.op_type}_{counter}"
+        taken.add(node.name)
+        seen.add(node.name)
+    return out

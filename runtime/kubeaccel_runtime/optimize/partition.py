@@ -4,13 +4,16 @@ A cut after node k of the topologically sorted graph is crossed by every activat
 at or before k (or a model input) and read after k (or a model output); weights never cross,
 each shard carries the initializers it reads. Cuts are ranked by how many tensors cross; among
 the cuts with the fewest crossings, N-1 are chosen by dynamic programming to minimise the
-largest shard (initializer bytes for `memory`, estimated FLOPs for `compute`).
+largest shard: for `memory` the bytes of the weights each shard holds (what its process
+loads), for `compute` each node's measured time when the caller profiled the model
+(`node_costs`), else its estimated FLOPs.
 QDQ models are cut only where the quantized fusions survive: never right after a
 DequantizeLinear or right before a QuantizeLinear.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,10 +171,18 @@ def node_flops(
     return out_elems
 
 
-def _costs(model: ModelProto, graph: _Graph, balance: PartitionBalance) -> np.ndarray:
+def _costs(
+    model: ModelProto,
+    graph: _Graph,
+    balance: PartitionBalance,
+    node_costs: Mapping[str, float] | None = None,
+) -> np.ndarray:
     inits = g.initializer_map(model)
     costs = np.zeros(len(graph.nodes), dtype=np.float64)
-    if balance is PartitionBalance.MEMORY:
+    if balance is PartitionBalance.COMPUTE and node_costs:
+        for pos, node in enumerate(graph.nodes):
+            costs[pos] = max(0.0, float(node_costs.get(node.name, 0.0)))
+    elif balance is PartitionBalance.MEMORY:
         seen: set[str] = set()
         for pos, node in enumerate(graph.nodes):
             for name in g.node_inputs(node):
@@ -284,8 +295,15 @@ def _extract(
     return shard
 
 
-def partition(model: ModelProto, shards: int, balance: PartitionBalance) -> list[Shard]:
+def partition(
+    model: ModelProto,
+    shards: int,
+    balance: PartitionBalance,
+    node_costs: Mapping[str, float] | None = None,
+) -> list[Shard]:
     """Split into `shards` pipeline stages whose chained outputs equal the model's.
+
+    `node_costs` (node name -> measured time) replaces the FLOP estimates of `compute`.
 
     Raises:
         PartitionError: fewer valid cut points than `shards - 1`, or an invalid stage.
@@ -298,7 +316,7 @@ def partition(model: ModelProto, shards: int, balance: PartitionBalance) -> list
     prepared = _prepared(model)
     graph = _analyse(prepared)
     candidates = _candidates(graph, shards - 1)
-    costs = _costs(prepared, graph, balance)
+    costs = _costs(prepared, graph, balance, node_costs)
     prefix = np.concatenate([[0.0], np.cumsum(costs)])
     crossing = [len(c) for c in graph.crossing]
     cuts = _choose(candidates, prefix, crossing, shards - 1)

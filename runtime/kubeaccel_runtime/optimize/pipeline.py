@@ -8,7 +8,6 @@ is written.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,13 +20,16 @@ from kubeaccel_api.constants import REPORT_FILE
 from kubeaccel_api.contract import Tensor, contract_problems
 from kubeaccel_api.target import serving_target
 from kubeaccel_api.v1alpha1 import (
+    GENERATED_SAMPLES,
     AcceleratedModel,
     AcceleratedModelSpec,
+    AccuracyGateStatus,
     CandidateReport,
     DataSource,
     ExecutionProvider,
     ModelContract,
     OptimizationStatus,
+    PartitionBalance,
     SourceFormat,
 )
 from kubeaccel_api.version import __version__
@@ -36,27 +38,42 @@ from onnx import ModelProto
 from kubeaccel_runtime import gpu_info, model_format, onnx_io
 from kubeaccel_runtime.artifact_manifest import EngineCache, Manifest, TensorInfo
 from kubeaccel_runtime.model_contract import ContractUnreadable, read_contract
-from kubeaccel_runtime.optimize import accuracy, artifact, cpu, stages
+from kubeaccel_runtime.optimize import accuracy, artifact, cpu, mixed, select, stages
 from kubeaccel_runtime.optimize import data as sample_data
 from kubeaccel_runtime.optimize import source as sources
-from kubeaccel_runtime.optimize.bench import BenchSettings, Latency, measure, peak_rss, top_ops
+from kubeaccel_runtime.optimize.bench import (
+    BenchSettings,
+    Latency,
+    measure,
+    node_times,
+    peak_rss,
+    top_ops,
+)
 from kubeaccel_runtime.optimize.config import Candidate, GraphOptConfig, Precision
 from kubeaccel_runtime.optimize.engine_cache import BuiltEngines, build_engines, shard_options
 from kubeaccel_runtime.optimize.errors import (
+    BudgetExceeded,
     ContractMismatch,
     OptimizeError,
     ProviderUnavailable,
     UnsupportedModel,
 )
+from kubeaccel_runtime.optimize.graph import ensure_node_names
 from kubeaccel_runtime.optimize.partition import Shard, partition
 from kubeaccel_runtime.optimize.plan import BASELINE, Plan, build_plan, needs_calibration
 from kubeaccel_runtime.optimize.session import Chain, SessionSettings, create, effective_provider
+from kubeaccel_runtime.optimize.weights import weight_facts
 from kubeaccel_runtime.serve.session import LoadError, choose_providers
 from kubeaccel_runtime.trt import CPU, ENGINE_CACHE_DIR, TENSORRT, serving_batches, trt_options
 
 # Batch sizes above this are not benchmarked (time and memory of the Job).
 BENCH_BATCH_CAP = 32
 CALIBRATION_SEED_OFFSET = 1
+# Validation samples the mixed-precision search ranks nodes on (the gate always uses all).
+SENSITIVITY_SAMPLES = 256
+# Profiled runs behind the measured node times that balance compute shards.
+PROFILE_RUNS = 8
+ORIGINAL = f"{BASELINE} (original)"
 
 
 class Progress(Protocol):
@@ -117,7 +134,31 @@ class _Measured:
     violations: list[str]
     error: str | None = None
     latency: dict[int, Latency] = field(default_factory=dict)
+    # Batch-1 p50 latency relative to the original model's, in the same interleaved run.
     score: float | None = None
+    pareto: bool = False
+    kept_fp32: tuple[str, ...] = ()
+    search: dict[str, Any] | None = None
+
+
+def _quality(figures: accuracy.AccuracyFigures) -> float:
+    """Higher is better: labelled accuracy, else top-1 agreement, else minus the error."""
+    if figures.accuracy_after is not None:
+        return figures.accuracy_after
+    if figures.top1_agreement is not None:
+        return figures.top1_agreement
+    return -figures.mean_rel_error
+
+
+def _scored(m: _Measured, b1: int, bmax: int) -> select.Scored:
+    assert m.model is not None and m.figures is not None
+    return select.Scored(
+        name=m.candidate.name,
+        bytes=onnx_io.model_bytes(m.model),
+        latency_ms=m.latency[b1].p50_ms,
+        throughput=m.latency[bmax].throughput,
+        quality=_quality(m.figures),
+    )
 
 
 def optimize_spec(
@@ -204,10 +245,6 @@ def _basename(uri: str, default: str) -> str:
     rest = uri.partition("://")[2].split("?", 1)[0]
     name = rest.rstrip("/").rsplit("/", 1)[-1]
     return name if name and onnx_io.is_safe_relative(name) else default
-
-
-def _geomean(values: Sequence[float]) -> float:
-    return float(math.exp(sum(math.log(max(v, 1e-12)) for v in values) / len(values)))
 
 
 class _Job:
@@ -299,6 +336,8 @@ class _Job:
             self.contract = None  # the written contract stands alone, as before
         check_contract(self.spec, inputs, outputs)
         origin = "written in the spec" if self.spec.inputs is not None else "read from the model"
+        # Mixed precision leaves nodes in FP32 by name: every node gets one.
+        model = ensure_node_names(model)
         self.events.done(
             "load",
             f"{len(model.graph.node)} nodes, {onnx_io.model_bytes(model)} bytes, contract {origin}",
@@ -310,7 +349,10 @@ class _Job:
     ) -> sample_data.Samples:
         if source.uri is None:
             return sample_data.generate(
-                inputs, self.spec.inputs or [], count=source.samples, seed=source.seed + seed_offset
+                inputs,
+                self.spec.inputs or [],
+                count=source.samples or GENERATED_SAMPLES,
+                seed=source.seed + seed_offset,
             )
         dest = self.work / what / _basename(source.uri, "samples.npz")
         fetched = sources.fetch(
@@ -420,36 +462,96 @@ class _Job:
         reference: list[np.ndarray],
         validation: sample_data.Samples,
     ) -> list[_Measured]:
-        budget = self.spec.optimization.accuracy_budget
-        batch = self.eval_batch(model)
+        """Build and gate every candidate; a quantized one over budget also gets a mixed try."""
         measured: list[_Measured] = []
         for candidate in plan.candidates:
             self.events.start("candidate", candidate.name)
-            try:
-                built, records = stages.run_steps(model, candidate.steps)
-                outputs = accuracy.run_all(
-                    Chain.of([built], self.trt_settings(candidate.precision)), validation, batch
-                )
-            except OptimizeError as exc:
-                if not plan.auto:
-                    raise
-                measured.append(_Measured(candidate, None, [], None, [], error=str(exc)))
-                self.events.done("candidate", f"{candidate.name}: failed ({exc})")
-                continue
-            except Exception as exc:  # onnxruntime rejecting a built model: a failed candidate
-                if not plan.auto:
-                    raise UnsupportedModel(
-                        f"{candidate.name}: the optimized model does not run: {exc}"
-                    ) from None
-                measured.append(_Measured(candidate, None, [], None, [], error=str(exc)))
-                self.events.done("candidate", f"{candidate.name}: does not run")
-                continue
-            figures = accuracy.compare(reference, outputs, validation.labels)
-            broken = accuracy.violations(figures, budget)
-            measured.append(_Measured(candidate, built, records, figures, broken))
-            verdict = "in budget" if not broken else "OVER budget: " + "; ".join(broken)
+            m = self._build_one(candidate, model, reference, validation, plan.auto)
+            measured.append(m)
+            verdict = m.error or ("in budget" if not m.violations else "OVER budget")
             self.events.done("candidate", f"{candidate.name}: {verdict}")
+            quantized = candidate.precision in (Precision.INT8, Precision.INT4)
+            if m.model is not None and m.violations and quantized:
+                mixed = self._mixed(candidate, model, reference, validation)
+                if mixed is not None:
+                    measured.append(mixed)
         return measured
+
+    def _build_one(
+        self,
+        candidate: Candidate,
+        model: ModelProto,
+        reference: list[np.ndarray],
+        validation: sample_data.Samples,
+        auto: bool,
+    ) -> _Measured:
+        budget = self.spec.optimization.accuracy_budget
+        try:
+            built, records = stages.run_steps(model, candidate.steps)
+            outputs = accuracy.run_all(
+                Chain.of([built], self.trt_settings(candidate.precision)),
+                validation,
+                self.eval_batch(model),
+            )
+        except OptimizeError as exc:
+            if not auto:
+                raise
+            return _Measured(candidate, None, [], None, [], error=f"failed: {exc}")
+        except Exception as exc:  # onnxruntime rejecting a built model: a failed candidate
+            if not auto:
+                raise UnsupportedModel(
+                    f"{candidate.name}: the optimized model does not run: {exc}"
+                ) from None
+            return _Measured(candidate, None, [], None, [], error=f"does not run: {exc}")
+        figures = accuracy.compare(reference, outputs, validation.labels)
+        return _Measured(candidate, built, records, figures, accuracy.violations(figures, budget))
+
+    def _mixed(
+        self,
+        candidate: Candidate,
+        model: ModelProto,
+        reference: list[np.ndarray],
+        validation: sample_data.Samples,
+    ) -> _Measured | None:
+        """The candidate with its most sensitive nodes kept in FP32 (mixed.search)."""
+        batch = self.eval_batch(model)
+        quick = validation.take(min(validation.count, SENSITIVITY_SAMPLES))
+        quick_reference = [r[: quick.count] for r in reference]
+
+        settings = self.trt_settings(candidate.precision)
+
+        def evaluate(built: ModelProto, fast: bool) -> accuracy.AccuracyFigures:
+            data, ref = (quick, quick_reference) if fast else (validation, reference)
+            outputs = accuracy.run_all(Chain.of([built], settings), data, batch)
+            return accuracy.compare(ref, outputs, data.labels)
+
+        name = candidate.name + mixed.SUFFIX
+        self.events.start("mixed-precision", f"{candidate.name}: per-node sensitivity")
+        try:
+            outcome = mixed.search(
+                model, candidate, evaluate, self.spec.optimization.accuracy_budget
+            )
+        except OptimizeError as exc:
+            self.events.done("mixed-precision", f"{name}: failed ({exc})")
+            return _Measured(candidate, None, [], None, [], error=f"failed: {exc}")
+        except Exception as exc:  # onnxruntime rejecting a rebuilt model
+            self.events.done("mixed-precision", f"{name}: does not run")
+            return _Measured(candidate, None, [], None, [], error=f"does not run: {exc}")
+        if outcome is None:
+            self.events.done("mixed-precision", f"{candidate.name}: no node to keep in FP32")
+            return None
+        kept = ", ".join(outcome.kept_fp32) or "none"
+        verdict = "in budget" if not outcome.violations else "still OVER budget"
+        self.events.done("mixed-precision", f"{name}: {verdict}; FP32 nodes: {kept}")
+        return _Measured(
+            outcome.candidate,
+            outcome.model,
+            outcome.records,
+            outcome.figures,
+            outcome.violations,
+            kept_fp32=outcome.kept_fp32,
+            search=outcome.log,
+        )
 
     def choose(
         self,
@@ -458,35 +560,49 @@ class _Job:
         measured: list[_Measured],
         feeds: dict[int, sample_data.Feeds],
     ) -> _Measured:
-        ok = [m for m in measured if m.model is not None and not m.violations]
-        only = measured[0]
-        if not plan.auto and only.figures is not None:
+        """Measure every candidate that runs, mark the Pareto front, pick for the objective."""
+        built = [m for m in measured if m.model is not None]
+        ok = [m for m in built if not m.violations]
+        if not plan.auto and not ok:
             budget = self.spec.optimization.accuracy_budget
-            accuracy.check_budget(only.figures, budget, only.candidate.name)
-        self.events.start("measure", f"{len(ok)} candidate(s) vs {BASELINE}, interleaved")
-        variants: dict[str, Chain] = {f"{BASELINE} (original)": base}
-        for m in ok:
+            first = measured[0]
+            assert first.figures is not None
+            tried = [m for m in measured[1:] if m.kept_fp32]
+            extra = (
+                f" (also with {len(tried[0].kept_fp32)} node(s) kept in FP32: "
+                + "; ".join(tried[0].violations)
+                + ")"
+                if tried
+                else ""
+            )
+            try:
+                accuracy.check_budget(first.figures, budget, first.candidate.name)
+            except BudgetExceeded as exc:
+                raise BudgetExceeded(str(exc) + extra) from None
+        self.events.start("measure", f"{len(built)} candidate(s) vs {BASELINE}, interleaved")
+        variants: dict[str, Chain] = {ORIGINAL: base}
+        for m in built:
             if not m.candidate.is_baseline and m.model is not None:
                 variants[m.candidate.name] = Chain.of(
                     [m.model], self.trt_settings(m.candidate.precision)
                 )
         timings = measure(variants, feeds, self.opts.bench)
-        base_lat = timings[f"{BASELINE} (original)"]
-        for m in ok:
+        base_lat = timings[ORIGINAL]
+        b1, bmax = min(feeds), max(feeds)
+        for m in built:
             m.latency = base_lat if m.candidate.is_baseline else timings[m.candidate.name]
-            m.score = _geomean([m.latency[b].p50_ms / base_lat[b].p50_ms for b in feeds])
-        self.events.done("measure", ", ".join(f"{m.candidate.name} {m.score:.2f}x" for m in ok))
+            m.score = m.latency[b1].p50_ms / base_lat[b1].p50_ms
+        scored = {m.candidate.name: _scored(m, b1, bmax) for m in ok}
+        front = select.pareto(list(scored.values()))
+        for m in built:
+            m.pareto = m.candidate.name in front
+        self.events.done(
+            "measure", ", ".join(f"{m.candidate.name} {m.score:.2f}x" for m in built if m.score)
+        )
         if not plan.auto:
-            return measured[0]
-        faster = [
-            m for m in ok if m.score is not None and m.score < 1.0 and not m.candidate.is_baseline
-        ]
-        if faster:
-            return min(faster, key=lambda m: m.score if m.score is not None else math.inf)
-        fallback = next((m for m in ok if m.candidate.is_baseline), None)
-        if fallback is None:  # cannot happen: the baseline has no steps and zero difference
-            raise UnsupportedModel("no candidate is inside the accuracy budget")
-        return fallback
+            return ok[0]
+        name = select.best(self.spec.optimization.objective, list(scored.values()))
+        return next(m for m in ok if m.candidate.name == name)
 
     def run(self, aid: str) -> tuple[list[Shard], dict[str, Any], str]:
         fetched = self.fetch_source()
@@ -519,7 +635,11 @@ class _Job:
         features = self.opts.cpu or cpu.detect()
         saturation = cpu.saturation_guard(features)
         plan = build_plan(
-            self.spec, provider=provider, saturation=saturation, calibration=calibration
+            self.spec,
+            provider=provider,
+            saturation=saturation,
+            calibration=calibration,
+            facts=weight_facts(model),
         )
         measured = self.build(plan, model, reference, validation)
         feeds = self.bench_batches(model, validation)
@@ -528,7 +648,14 @@ class _Job:
 
         part = self.spec.optimization.partition
         self.events.start("partition", f"{part.shards} shard(s), balance {part.balance.value}")
-        shards = partition(chosen_model, part.shards, part.balance)
+        measured_costs = None
+        if part.shards > 1 and part.balance is PartitionBalance.COMPUTE and provider != TENSORRT:
+            # Balance on what each node really costs here, at the largest benchmarked batch
+            # (TensorRT fuses the graph into engines: no per-node times, FLOPs estimates stay).
+            measured_costs = node_times(
+                chosen_model, feeds[max(feeds)], self.session_settings, PROFILE_RUNS
+            )
+        shards = partition(chosen_model, part.shards, part.balance, measured_costs)
         self.events.done(
             "partition",
             ", ".join(f"shard {s.index}: {len(s.model.graph.node)} nodes" for s in shards),
@@ -560,6 +687,7 @@ class _Job:
         accuracy.check_budget(figures, budget, f"the final artifact ({chosen.candidate.name})")
         unsplit = accuracy.run_all(Chain.of([chosen_model], final_settings), validation, batch)
         split_diff = accuracy.compare(unsplit, final_outputs, None).max_abs_diff
+        gate = accuracy.gate(figures, budget)
         self.events.done("verify", f"max abs diff {figures.max_abs_diff:.3g}")
 
         self.events.start("bench", "before vs after, interleaved")
@@ -599,6 +727,7 @@ class _Job:
             chosen=chosen,
             final=final,
             figures=figures,
+            gate=gate,
             split_diff=split_diff,
             timings=timings,
             bottlenecks=bottlenecks,
@@ -609,6 +738,7 @@ class _Job:
             features=features,
             engines=engines,
             gpus=self.gpus(provider),
+            cost_basis=_cost_basis(part.shards, part.balance, measured_costs is not None),
         )
         return final, report, provider
 
@@ -651,6 +781,14 @@ class _Job:
         return built
 
 
+def _cost_basis(shards: int, balance: PartitionBalance, measured: bool) -> str:
+    if shards == 1:
+        return "none (one shard)"
+    if balance is PartitionBalance.MEMORY:
+        return "weight bytes per shard"
+    return "measured node times" if measured else "estimated FLOPs"
+
+
 def _lat(latency: dict[int, Latency]) -> dict[str, Any]:
     batches = sorted(latency)
     out = {"batch1": latency[batches[0]].to_report()}
@@ -669,6 +807,7 @@ def _report(
     chosen: _Measured,
     final: list[Shard],
     figures: accuracy.AccuracyFigures,
+    gate: accuracy.Gate,
     split_diff: float,
     timings: dict[str, dict[int, Latency]],
     bottlenecks: list[dict[str, Any]],
@@ -679,6 +818,7 @@ def _report(
     features: cpu.CpuFeatures,
     engines: BuiltEngines | None,
     gpus: dict[str, Any] | None,
+    cost_basis: str,
 ) -> dict[str, Any]:
     spec = job.spec
     bytes_after = sum(onnx_io.model_bytes(s.model) for s in final)
@@ -705,14 +845,23 @@ def _report(
             entry["accuracy"] = m.figures.to_report()
         if m.violations:
             entry["violations"] = m.violations
+        if m.kept_fp32 or m.search is not None:
+            entry["keptFp32"] = list(m.kept_fp32)
+            entry["mixedPrecision"] = m.search
+        throughput = None
         if m.latency:
             entry["latency"] = _lat(m.latency)
             entry["relativeLatency"] = round(m.score, 4) if m.score is not None else None
+            throughput = round(m.latency[max(m.latency)].throughput, 2)
+            entry["throughput"] = throughput
+            entry["pareto"] = m.pareto
         candidates.append(entry)
         summary_candidates.append(
             CandidateReport(
                 config=m.candidate.name,
                 latency_ms=round(m.latency[min(m.latency)].p50_ms, 4) if m.latency else None,
+                throughput=throughput,
+                pareto=m.pareto if m.latency else None,
                 bytes=entry.get("bytes"),
                 max_abs_diff=m.figures.max_abs_diff if m.figures else None,
                 top1_agreement=m.figures.top1_agreement if m.figures else None,
@@ -734,6 +883,8 @@ def _report(
         max_abs_diff=figures.max_abs_diff,
         top1_agreement=figures.top1_agreement,
         chosen=chosen.candidate.name,
+        objective=spec.optimization.objective if plan.auto else None,
+        gate=AccuracyGateStatus.model_validate(gate.to_report()),
         execution_provider=provider,
         candidates=summary_candidates,
         contract=job.contract,
@@ -774,6 +925,7 @@ def _report(
         },
         "accuracy": {
             **figures.to_report(),
+            "gate": gate.to_report(),
             "validation": validation.origin,
             "budget": spec.optimization.accuracy_budget.to_wire(),
             "partitionMaxAbsDiff": split_diff,
@@ -786,6 +938,8 @@ def _report(
         "chosen": {
             "config": chosen.candidate.name,
             "mode": "auto" if plan.auto else spec.optimization.quantization.mode.value,
+            "objective": spec.optimization.objective.value if plan.auto else None,
+            "keptFp32": list(chosen.kept_fp32),
             "stages": chosen.records,
         },
         "candidates": candidates,
@@ -795,6 +949,7 @@ def _report(
         "partition": {
             "shards": len(final),
             "balance": spec.optimization.partition.balance.value,
+            "costBasis": cost_basis,
             "detail": [
                 {
                     "index": s.index,

@@ -14,9 +14,13 @@ from kubeaccel_api.v1alpha1 import (
 
 from kubeaccel_runtime.optimize import stages
 from kubeaccel_runtime.optimize.config import (
+    DYNAMIC_DEFAULT_OPS,
+    EMBEDDING_MIN_SHARE,
+    EMBEDDING_OPS,
     Candidate,
     DynamicQuantConfig,
     Fp16Config,
+    Int4WeightConfig,
     MagnitudePruneConfig,
     Precision,
     StaticQuantConfig,
@@ -25,14 +29,16 @@ from kubeaccel_runtime.optimize.config import (
 )
 from kubeaccel_runtime.optimize.cpu import SaturationDecision
 from kubeaccel_runtime.optimize.data import Samples
-from kubeaccel_runtime.trt import CUDA, TENSORRT
+from kubeaccel_runtime.optimize.weights import WeightFacts
+from kubeaccel_runtime.trt import CPU, CUDA, TENSORRT
 
 BASELINE = "fp32"
+INT4 = "int4-weight-only"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Candidates to build, in preference order, and whether the fastest in budget is picked."""
+    """Candidates to build, in preference order, and whether auto picks among them."""
 
     candidates: tuple[Candidate, ...]
     auto: bool
@@ -46,38 +52,72 @@ def _prune_step(pruning: PruningSpec) -> Step:
     return Step(stages.PRUNE_MAGNITUDE, MagnitudePruneConfig(sparsity=pruning.sparsity))
 
 
-def _quant_step(
+def embeddings_pay_off(facts: WeightFacts) -> bool:
+    """Whether embedding tables hold enough of the weights to be worth quantizing."""
+    return facts.embedding_share >= EMBEDDING_MIN_SHARE
+
+
+def _dynamic_ops(facts: WeightFacts) -> tuple[str, ...]:
+    return DYNAMIC_DEFAULT_OPS + (EMBEDDING_OPS if embeddings_pay_off(facts) else ())
+
+
+def _quant_steps(
     mode: QuantizationMode,
     spec: AcceleratedModelSpec,
     saturation: SaturationDecision,
     calibration: Samples | None,
     provider: str,
-) -> Step | None:
+    facts: WeightFacts,
+) -> list[Step]:
     quant = spec.optimization.quantization
     if mode is QuantizationMode.DYNAMIC_INT8:
-        return Step(
-            stages.QUANTIZE_DYNAMIC,
-            DynamicQuantConfig(per_channel=quant.per_channel, reduce_range=saturation.reduce_range),
-        )
+        return [
+            Step(
+                stages.QUANTIZE_DYNAMIC,
+                DynamicQuantConfig(
+                    per_channel=quant.per_channel,
+                    reduce_range=saturation.reduce_range,
+                    op_types=_dynamic_ops(facts),
+                ),
+            )
+        ]
     if mode is QuantizationMode.STATIC_INT8:
         if calibration is None:
             raise ValueError("static INT8 needs calibration samples")
         method = quant.calibration.method if quant.calibration else CalibrationMethod.MINMAX
         # TensorRT takes symmetric INT8 only; the u8s8 saturation guard is a CPU concern.
+        # No op-type list: onnxruntime's QDQ registry, which includes Gather (embeddings).
         tensorrt = provider == TENSORRT
-        return Step(
-            stages.QUANTIZE_STATIC,
-            StaticQuantConfig(
-                calibration=calibration,
-                method=method,
-                per_channel=quant.per_channel,
-                reduce_range=saturation.reduce_range and not tensorrt,
-                symmetric=tensorrt,
-            ),
-        )
+        return [
+            Step(
+                stages.QUANTIZE_STATIC,
+                StaticQuantConfig(
+                    calibration=calibration,
+                    method=method,
+                    per_channel=quant.per_channel,
+                    reduce_range=saturation.reduce_range and not tensorrt,
+                    symmetric=tensorrt,
+                ),
+            )
+        ]
     if mode is QuantizationMode.FP16:
-        return Step(stages.FP16, Fp16Config(keep_io_types=quant.keep_io_types))
-    return None
+        return [Step(stages.FP16, Fp16Config(keep_io_types=quant.keep_io_types))]
+    return []
+
+
+def _int4_steps(saturation: SaturationDecision, facts: WeightFacts) -> list[Step]:
+    steps = [Step(stages.QUANTIZE_INT4, Int4WeightConfig())]
+    if embeddings_pay_off(facts):
+        # MatMulNBits covers MatMul only: embedding tables go to INT8 beside it. After the
+        # 4-bit pass: the INT8 pre-processing fuses 2-D MatMul+Add into Gemm, which
+        # MatMulNBits cannot take.
+        steps.append(
+            Step(
+                stages.QUANTIZE_DYNAMIC,
+                DynamicQuantConfig(reduce_range=saturation.reduce_range, op_types=EMBEDDING_OPS),
+            )
+        )
+    return steps
 
 
 _PRECISION = {
@@ -88,6 +128,27 @@ _PRECISION = {
 }
 
 
+def _candidate(
+    name: str, steps: list[Step], precision: Precision, pruning: PruningSpec | None
+) -> Candidate:
+    pruned = pruning is not None and pruning.sparsity > 0
+    parts: list[str] = []
+    all_steps: list[Step] = []
+    if pruned:
+        assert pruning is not None
+        all_steps.append(_prune_step(pruning))
+        parts.append(f"{pruning.method.value}{pruning.sparsity:g}")
+    if steps:
+        all_steps += steps
+        parts.append(name)
+    return Candidate(
+        name="+".join(parts) or BASELINE,
+        steps=tuple(all_steps),
+        precision=precision if steps else Precision.FP32,
+        pruned=pruned,
+    )
+
+
 def candidate(
     mode: QuantizationMode,
     pruning: PruningSpec | None,
@@ -95,23 +156,18 @@ def candidate(
     saturation: SaturationDecision,
     calibration: Samples | None,
     provider: str,
+    facts: WeightFacts,
 ) -> Candidate:
     """One configuration: optional pruning, then the precision change."""
-    steps: list[Step] = []
-    parts: list[str] = []
-    if pruning is not None and pruning.sparsity > 0:
-        steps.append(_prune_step(pruning))
-        parts.append(f"{pruning.method.value}{pruning.sparsity:g}")
-    quant = _quant_step(mode, spec, saturation, calibration, provider)
-    if quant is not None:
-        steps.append(quant)
-        parts.append(mode.value)
-    return Candidate(
-        name="+".join(parts) or BASELINE,
-        steps=tuple(steps),
-        precision=_PRECISION[mode],
-        pruned=bool(parts) and pruning is not None and pruning.sparsity > 0,
-    )
+    steps = _quant_steps(mode, spec, saturation, calibration, provider, facts)
+    return _candidate(mode.value, steps, _PRECISION[mode], pruning)
+
+
+def int4_candidate(
+    pruning: PruningSpec | None, saturation: SaturationDecision, facts: WeightFacts
+) -> Candidate:
+    """4-bit weight-only MatMuls (embedding tables in INT8 where they pay off)."""
+    return _candidate(INT4, _int4_steps(saturation, facts), Precision.INT4, pruning)
 
 
 def auto_modes(provider: str) -> list[QuantizationMode]:
@@ -137,19 +193,25 @@ def build_plan(
     provider: str,
     saturation: SaturationDecision,
     calibration: Samples | None,
+    facts: WeightFacts,
 ) -> Plan:
     """The candidates a spec asks for (one, or the auto search space)."""
     opt = spec.optimization
     mode = opt.quantization.mode
     if mode is not QuantizationMode.AUTO:
-        only = candidate(mode, opt.pruning, spec, saturation, calibration, provider)
+        only = candidate(mode, opt.pruning, spec, saturation, calibration, provider, facts)
         return Plan((only,), auto=False, provider=provider, saturation=saturation)
     prunings: list[PruningSpec | None] = [opt.pruning, None] if opt.pruning else [None]
     found: dict[str, Candidate] = {}
     for each in auto_modes(provider):
         for pruning in prunings:
-            c = candidate(each, pruning, spec, saturation, calibration, provider)
+            c = candidate(each, pruning, spec, saturation, calibration, provider, facts)
             found.setdefault(c.name, c)
+        # MatMulNBits is a CPU kernel here; on GPU providers FP16 is the candidate.
+        if each is QuantizationMode.DYNAMIC_INT8 and provider == CPU and facts.int4_nodes:
+            for pruning in prunings:
+                c = int4_candidate(pruning, saturation, facts)
+                found.setdefault(c.name, c)
     return Plan(tuple(found.values()), auto=True, provider=provider, saturation=saturation)
 
 

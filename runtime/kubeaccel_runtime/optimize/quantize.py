@@ -7,8 +7,10 @@ the pass itself is still ModelProto in, ModelProto out.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization import CalibrationMethod as OrtCalibrationMethod
+from onnxruntime.quantization.onnx_model import ONNXModel
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from kubeaccel_runtime import onnx_io
@@ -41,6 +44,9 @@ _INT_OPS = (
     "QLinearConv", "QGemm",
 )  # fmt: skip
 CALIBRATION_BATCH = 16
+PREPARED_CACHE = 4
+_PREPARED: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+NO_NODE = "\x00none"  # a node name no graph has
 
 
 class _Reader(CalibrationDataReader):  # type: ignore[misc]
@@ -58,6 +64,48 @@ class _Reader(CalibrationDataReader):  # type: ignore[misc]
         self._it = self._reader.batches(self._batch)
 
 
+def _prepare(model: ModelProto, folder: Path) -> tuple[Path, str]:
+    """The pre-processed model written into `folder`, and how it was pre-processed.
+
+    Results are kept for the last few models (by content digest): the mixed-precision search
+    quantizes one model many times, and pre-processing is the slow part of a small model.
+    Node names in the result are the ones nodes_to_exclude/nodes_to_quantize must use.
+    """
+    src, pre = folder / "in.onnx", folder / "pre.onnx"
+    if onnx_io.needs_external_data(model):
+        onnx_io.save(model, src)
+        return pre, _pre_process(src, pre)
+    blob = onnx_io.serialize(model)
+    key = hashlib.sha256(blob).hexdigest()
+    hit = _PREPARED.get(key)
+    if hit is not None:
+        _PREPARED.move_to_end(key)
+        pre.write_bytes(hit[0])
+        return pre, hit[1]
+    src.write_bytes(blob)
+    how = _pre_process(src, pre)
+    _PREPARED[key] = (pre.read_bytes(), how)
+    while len(_PREPARED) > PREPARED_CACHE:
+        _PREPARED.popitem(last=False)
+    return pre, how
+
+
+def pre_processed(model: ModelProto, *, dynamic: bool = False) -> ModelProto:
+    """The model as the INT8 quantizers see it: the names nodes_to_exclude must use.
+
+    Pre-processing fuses a 2-D MatMul+Add into a Gemm, and the dynamic quantizer then splits
+    every Gemm into MatMul+Add under new names; this applies the same onnxruntime steps.
+    """
+    with tempfile.TemporaryDirectory(prefix="kubeaccel-pre-") as tmp, quiet_quantizers():
+        pre, _ = _prepare(model, Path(tmp))
+        seen = onnx_io.load(pre, check=False)
+    if dynamic:
+        view = ONNXModel(seen)
+        view.replace_gemm_with_matmul()
+        seen = view.model
+    return seen
+
+
 def _pre_process(src: Path, dst: Path) -> str:
     """Shape inference + light optimization the quantizer needs (symbolic inference first)."""
     try:
@@ -73,15 +121,17 @@ def _pre_process(src: Path, dst: Path) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """The quantizer logs benign per-tensor notes on the root logger; keep Job logs readable."""
+def quiet_quantizers() -> Iterator[None]:
+    """Keep Job logs readable: the quantizers log benign per-node notes on the root logger,
+    and importing the 4-bit one even calls logging.basicConfig(INFO); undo both after."""
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))
+    level, handlers = root.level, list(root.handlers)
+    root.setLevel(logging.ERROR)
     try:
         yield
     finally:
         root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 def _counts(before: ModelProto, after: ModelProto) -> dict[str, object]:
@@ -94,15 +144,16 @@ def _counts(before: ModelProto, after: ModelProto) -> dict[str, object]:
 
 def quantize_dynamic_int8(model: ModelProto, config: DynamicQuantConfig) -> StageOutput:
     """Dynamic INT8 of the configured op types (MatMul/Gemm by default: ConvInteger is slow)."""
-    with tempfile.TemporaryDirectory(prefix="kubeaccel-dq-") as tmp, _quiet_root_logger():
-        src, pre, out = Path(tmp, "in.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "out.onnx")
-        onnx_io.save(model, src)
-        how = _pre_process(src, pre)
+    with tempfile.TemporaryDirectory(prefix="kubeaccel-dq-") as tmp, quiet_quantizers():
+        out = Path(tmp, "out.onnx")
+        pre, how = _prepare(model, Path(tmp))
         try:
             quantize_dynamic(
                 str(pre),
                 str(out),
                 op_types_to_quantize=list(config.op_types),
+                nodes_to_exclude=list(config.nodes_to_exclude),
+                nodes_to_quantize=_only(config.nodes_to_quantize),
                 per_channel=config.per_channel,
                 reduce_range=config.reduce_range,
                 weight_type=QuantType.QInt8,
@@ -116,6 +167,7 @@ def quantize_dynamic_int8(model: ModelProto, config: DynamicQuantConfig) -> Stag
         "perChannel": config.per_channel,
         "reduceRange": config.reduce_range,
         "preProcess": how,
+        **_excluded(config.nodes_to_exclude),
         **_counts(model, result),
     }
     return StageOutput(result, notes)
@@ -134,10 +186,9 @@ def quantize_static_int8(model: ModelProto, config: StaticQuantConfig) -> StageO
     if config.symmetric:
         extra.update(ActivationSymmetric=True, WeightSymmetric=True)
     activations = QuantType.QInt8 if config.symmetric else QuantType.QUInt8
-    with tempfile.TemporaryDirectory(prefix="kubeaccel-sq-") as tmp, _quiet_root_logger():
-        src, pre, out = Path(tmp, "in.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "out.onnx")
-        onnx_io.save(model, src)
-        how = _pre_process(src, pre)
+    with tempfile.TemporaryDirectory(prefix="kubeaccel-sq-") as tmp, quiet_quantizers():
+        out = Path(tmp, "out.onnx")
+        pre, how = _prepare(model, Path(tmp))
         try:
             quantize_static(
                 str(pre),
@@ -145,6 +196,8 @@ def quantize_static_int8(model: ModelProto, config: StaticQuantConfig) -> StageO
                 _Reader(samples, batch),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(config.op_types) if config.op_types else None,
+                nodes_to_exclude=list(config.nodes_to_exclude),
+                nodes_to_quantize=_only(config.nodes_to_quantize),
                 per_channel=config.per_channel,
                 reduce_range=config.reduce_range,
                 activation_type=activations,
@@ -152,6 +205,7 @@ def quantize_static_int8(model: ModelProto, config: StaticQuantConfig) -> StageO
                 calibrate_method=_ORT_METHOD[config.method],
                 use_external_data_format=onnx_io.needs_external_data(model),
                 extra_options=extra,
+                calibration_cache_path=config.calibration_cache,
             )
         except Exception as exc:  # calibration and quantization raise assorted types
             raise UnsupportedModel(f"static quantization failed: {exc}") from None
@@ -169,6 +223,18 @@ def quantize_static_int8(model: ModelProto, config: StaticQuantConfig) -> StageO
             "batch": batch,
         },
         "preProcess": how,
+        **_excluded(config.nodes_to_exclude),
         **_counts(model, result),
     }
     return StageOutput(result, notes)
+
+
+def _only(nodes: tuple[str, ...] | None) -> list[str] | None:
+    # onnxruntime reads an empty list as "no restriction": keep "none" expressible.
+    if nodes is None:
+        return None
+    return list(nodes) or [NO_NODE]
+
+
+def _excluded(nodes: tuple[str, ...]) -> dict[str, object]:
+    return {"keptFp32": list(nodes)} if nodes else {}

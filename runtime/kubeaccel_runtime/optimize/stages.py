@@ -12,6 +12,7 @@ from kubeaccel_runtime.optimize.config import (
     DynamicQuantConfig,
     Fp16Config,
     GraphOptConfig,
+    Int4WeightConfig,
     MagnitudePruneConfig,
     StageConfig,
     StageOutput,
@@ -21,6 +22,7 @@ from kubeaccel_runtime.optimize.config import (
 )
 from kubeaccel_runtime.optimize.fp16 import convert_fp16
 from kubeaccel_runtime.optimize.graph_opt import optimize_graph
+from kubeaccel_runtime.optimize.int4 import quantize_int4
 from kubeaccel_runtime.optimize.prune import prune_magnitude, prune_structured
 from kubeaccel_runtime.optimize.quantize import quantize_dynamic_int8, quantize_static_int8
 
@@ -28,6 +30,7 @@ PRUNE_MAGNITUDE = "prune-magnitude"
 PRUNE_STRUCTURED = "prune-structured"
 QUANTIZE_DYNAMIC = "quantize-dynamic"
 QUANTIZE_STATIC = "quantize-static"
+QUANTIZE_INT4 = "quantize-int4"
 FP16 = "fp16"
 GRAPH_OPTIMIZE = "graph-optimize"
 
@@ -48,6 +51,7 @@ STAGES: dict[str, Stage] = {
         Stage(PRUNE_STRUCTURED, StructuredPruneConfig, prune_structured),
         Stage(QUANTIZE_DYNAMIC, DynamicQuantConfig, quantize_dynamic_int8),
         Stage(QUANTIZE_STATIC, StaticQuantConfig, quantize_static_int8),
+        Stage(QUANTIZE_INT4, Int4WeightConfig, quantize_int4),
         Stage(FP16, Fp16Config, convert_fp16),
         Stage(GRAPH_OPTIMIZE, GraphOptConfig, optimize_graph),
     )

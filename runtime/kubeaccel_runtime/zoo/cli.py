@@ -13,7 +13,7 @@ from rich.table import Table
 from kubeaccel_runtime import terminal
 from kubeaccel_runtime.zoo.digests import DigestChange, stale_digests, sync_examples
 
-MODEL_NAMES = ("cnn", "mlp", "transformer")
+MODEL_NAMES = ("cnn", "mlp", "transformer", "embedder")
 
 
 def _model_files(out_dir: Path, names: tuple[str, ...]) -> list[Path]:

@@ -27,8 +27,10 @@ def export_onnx(
     example: torch.Tensor,
     metadata: dict[str, str] | None = None,
     opset: int = OPSET,
+    input_name: str = INPUT_NAME,
+    output_names: tuple[str, ...] = (OUTPUT_NAME,),
 ) -> onnx.ModelProto:
-    """The model as ONNX: input "input", output "logits", batch dimension dynamic."""
+    """The model as ONNX: one input, the named outputs, batch dimension dynamic everywhere."""
     model.eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -40,9 +42,9 @@ def export_onnx(
             buffer,  # type: ignore[arg-type]  # the legacy exporter accepts file objects
             dynamo=False,
             external_data=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: BATCH_DIM}, OUTPUT_NAME: {0: BATCH_DIM}},
+            input_names=[input_name],
+            output_names=list(output_names),
+            dynamic_axes={name: {0: BATCH_DIM} for name in (input_name, *output_names)},
             opset_version=opset,
             do_constant_folding=True,
         )
