@@ -19,6 +19,7 @@ from kubeaccel_api.routing import (
     ShadowCounters,
 )
 from kubeaccel_api.v1alpha1 import AcceleratedModel, AcceleratedModelStatus
+from kubeaccel_operator.pods import Termination
 from kubeaccel_operator.reconcile import CHILD_KINDS, Observed, Plan, reconcile
 from kubeaccel_operator.rollout import in_progress
 from kubeaccel_operator.settings import Settings
@@ -60,7 +61,7 @@ class World:
         self.generation = 1
         self.status: AcceleratedModelStatus | None = None
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        self.messages: dict[str, str] = {}
+        self.terminations: dict[str, Termination] = {}
         self.keda = False
 
     def res(self) -> AcceleratedModel:
@@ -71,7 +72,7 @@ class World:
         for (kind, name), obj in self.objects.items():
             by_kind[kind][name] = copy.deepcopy(obj)
         return Observed(
-            objects=by_kind, messages=dict(self.messages), keda=self.keda, reports=reports
+            objects=by_kind, terminations=dict(self.terminations), keda=self.keda, reports=reports
         )
 
     def step(self, seconds: float, *reports: RoutingReport) -> Plan:
@@ -98,7 +99,8 @@ class World:
                     "succeeded": 1,
                     "conditions": [{"type": "Complete", "status": "True"}],
                 }
-                self.messages[name] = summary(obj["metadata"]["labels"]["kubeaccel.io/artifact-id"])
+                artifact = obj["metadata"]["labels"]["kubeaccel.io/artifact-id"]
+                self.terminations[name] = Termination(message=summary(artifact))
 
     def available(self, replicas: int | None = None) -> None:
         for (kind, _), obj in self.objects.items():
@@ -334,10 +336,10 @@ def test_an_operator_restart_mid_rollout_continues_from_status() -> None:
     world.step(30)
     world.step(40, shadow(6, 6, f"{aid(NEW)}-g2"))
     restarted = World(world.spec)
-    restarted.generation, restarted.objects, restarted.messages = (
+    restarted.generation, restarted.objects, restarted.terminations = (
         world.generation,
         copy.deepcopy(world.objects),
-        dict(world.messages),
+        dict(world.terminations),
     )
     assert world.status is not None
     restarted.status = AcceleratedModelStatus.model_validate(
