@@ -110,13 +110,20 @@ def patch(kube: Kube, spec: dict[str, Any]) -> int:
     return int(get_model(kube, NAME)["metadata"]["generation"])
 
 
-def verdict(kube: Kube, old_artifact: str) -> dict[str, Any]:
-    """Wait until a rollout of a new artifact reaches its verdict; returns the model."""
+def verdict(kube: Kube, old_artifact: str, generation: int) -> dict[str, Any]:
+    """Wait until a rollout begun at `generation` or later reaches its verdict.
+
+    The generation matters: status.rollout keeps the previous rollout's record (say, a
+    RolledBack candidate) until the next one starts, and that record names an artifact
+    other than the one serving too.
+    """
 
     def done(obj: dict[str, Any]) -> dict[str, Any] | None:
         rollout = (obj.get("status") or {}).get("rollout") or {}
         new = rollout.get("candidateArtifactId") not in (None, old_artifact)
-        return obj if new and rollout.get("phase") in ("Promoted", "RolledBack") else None
+        fresh = int(rollout.get("generation", -1)) >= generation
+        finished = rollout.get("phase") in ("Promoted", "RolledBack")
+        return obj if new and fresh and finished else None
 
     result: dict[str, Any] = wait_model(kube, NAME, "a rollout verdict", done, ROLLOUT_TIMEOUT)
     return result
@@ -217,8 +224,8 @@ def test_a_candidate_that_agrees_on_live_traffic_is_promoted(namespace: Kube, lo
     old = before["status"]["deployedArtifactId"]
     serving_chain = main_chain(namespace)
     mark = load.mark()
-    patch(namespace, {"optimization": {"graphOptimizationLevel": "basic"}})
-    obj = verdict(namespace, old)
+    generation = patch(namespace, {"optimization": {"graphOptimizationLevel": "basic"}})
+    obj = verdict(namespace, old, generation)
     rollout = obj["status"]["rollout"]
     assert rollout["phase"] == "Promoted", rollout
     assert rollout["verdict"] == "WithinBudget"
@@ -246,8 +253,8 @@ def test_a_candidate_perturbed_beyond_the_budget_is_rolled_back(
     serving = before["status"]["deployedArtifactId"]
     serving_chain = main_chain(namespace)
     mark = load.mark()
-    patch(namespace, {"optimization": {"quantization": {"mode": "dynamic-int8"}}})
-    obj = verdict(namespace, serving)
+    generation = patch(namespace, {"optimization": {"quantization": {"mode": "dynamic-int8"}}})
+    obj = verdict(namespace, serving, generation)
     status = obj["status"]
     rollout = status["rollout"]
     assert rollout["phase"] == "RolledBack", rollout
@@ -267,7 +274,7 @@ def test_a_canary_shifts_traffic_in_steps_and_is_promoted(namespace: Kube, load:
     before = get_model(namespace, NAME)
     serving = before["status"]["deployedArtifactId"]
     mark = load.mark()
-    patch(
+    generation = patch(
         namespace,
         {
             "optimization": {"quantization": {"mode": "none"}, "graphOptimizationLevel": "all"},
@@ -286,7 +293,7 @@ def test_a_canary_shifts_traffic_in_steps_and_is_promoted(namespace: Kube, load:
             },
         },
     )
-    obj = verdict(namespace, serving)
+    obj = verdict(namespace, serving, generation)
     rollout = obj["status"]["rollout"]
     assert rollout["phase"] == "Promoted", rollout
     assert rollout["verdict"] == "CanaryPassed"
