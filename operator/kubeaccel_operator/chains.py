@@ -134,11 +134,38 @@ def shard_available(
         return False, available
     if desired is not None and template_hash(observed) != template_hash(desired):
         return False, available  # this reconcile rolls it
-    generation = observed.get("metadata", {}).get("generation") or 0
-    if int(status.get("observedGeneration") or 0) < int(generation):
-        return False, available
+    return replicas > 0 and rollout_complete(observed, replicas), available
+
+
+def still_rolling(desired: Manifest | None, observed: Manifest) -> bool:
+    """Whether a Deployment is between pod templates: the desired one is not applied yet,
+    its controller has not seen it, or pods of an older template are still running."""
+    if desired is not None and template_hash(desired) != template_hash(observed):
+        return True
+    status = observed.get("status") or {}
+    generation = int(observed.get("metadata", {}).get("generation") or 0)
+    if int(status.get("observedGeneration") or 0) < generation:
+        return True
+    return int(status.get("replicas") or 0) > int(status.get("updatedReplicas") or 0)
+
+
+def rollout_complete(deployment: Mapping[str, Any], replicas: int) -> bool:
+    """Whether a Deployment's controller saw its current spec, every replica runs that
+    spec and is available, and no pod of an older template is left (as `kubectl rollout
+    status` judges it).
+
+    availableReplicas counts old and new pods alike: mid-rollout, 2 available of 2 can be
+    one old pod and one new one while another new pod is still starting; only
+    `status.replicas <= updatedReplicas` says the old ones are gone.
+    """
+    status = deployment.get("status") or {}
+    generation = int(deployment.get("metadata", {}).get("generation") or 0)
+    if int(status.get("observedGeneration") or 0) < generation:
+        return False
     updated = int(status.get("updatedReplicas") or 0)
-    return replicas > 0 and updated >= replicas and available >= replicas, available
+    available = int(status.get("availableReplicas") or 0)
+    total = int(status.get("replicas") or 0)
+    return updated >= replicas and available >= max(replicas, updated) and total <= updated
 
 
 def wanted_replicas(desired: Manifest | None, seen: Manifest | None) -> int:

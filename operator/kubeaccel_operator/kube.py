@@ -41,6 +41,7 @@ from kubeaccel_api.constants import (
 from kubeaccel_api.routing import RoutingReport
 from kubeaccel_api.v1alpha1 import AcceleratedModel
 
+from kubeaccel_operator.chains import rollout_complete
 from kubeaccel_operator.errors import ApiError, ForeignObject
 from kubeaccel_operator.manifests.common import (
     MANAGED_BY,
@@ -303,13 +304,8 @@ def owned_by_deployment(pod: Mapping[str, Any], deployments: Mapping[str, Manife
 
 
 def rolled_out(deployment: Mapping[str, Any]) -> bool:
-    """Whether a Deployment's controller saw its current spec and every replica is available."""
-    status = deployment.get("status") or {}
-    generation = int(deployment.get("metadata", {}).get("generation") or 0)
-    replicas = int(deployment.get("spec", {}).get("replicas") or 0)
-    counts = (status.get("updatedReplicas") or 0, status.get("availableReplicas") or 0)
-    current = int(status.get("observedGeneration") or 0) >= generation
-    return current and all(int(n) >= replicas for n in counts)
+    """Whether a Deployment is fully rolled out to its current spec (see rollout_complete)."""
+    return rollout_complete(deployment, int(deployment.get("spec", {}).get("replicas") or 0))
 
 
 def owns_field(obj: Mapping[str, Any], manager: str, path: tuple[str, ...]) -> bool:

@@ -53,6 +53,7 @@ from kubeaccel_operator.chains import (
     serving_chain,
     shard_available,
     shard_index,
+    still_rolling,
     template_hash,
     wanted_replicas,
 )
@@ -760,9 +761,10 @@ def _phase(
         return Phase.OPTIMIZING
     if all_ready:
         return Phase.READY
-    # A changed pod template is a roll in progress; a missing Deployment is a loss.
+    # A roll in progress (a changed pod template, old pods still running) is Deploying,
+    # so a new pod that cannot start fails it; a missing Deployment is a loss.
     rolling = any(
-        seen is not None and template_hash(want) != template_hash(seen)
+        seen is not None and still_rolling(want, seen)
         for n, want in desired_deployments.items()
         for seen in [observed.get("Deployment", n)]
     )

@@ -88,17 +88,32 @@ def fake() -> Iterator[FakeCluster]:
         handlers.set_cluster(None)
 
 
-def run(raw: dict[str, Any]) -> kopf.Patch:
-    patch = kopf.Patch()
-    handlers._handle(kopf.Body(raw), patch, LOG)
-    return patch
+def handle(raw: dict[str, Any]) -> None:
+    """kopf's call for `raw`, the cluster's latest version of the resource."""
+    fake = handlers.get_cluster()
+    assert isinstance(fake, FakeCluster)
+    fake.model = copy.deepcopy(raw)
+    handlers._handle(kopf.Body(raw), LOG)
+
+
+def written(fake: FakeCluster, since: int = 0) -> dict[str, Any]:
+    """The last status patch written after the first `since` ones ({} if none was)."""
+    return dict(fake.status_patches[-1]) if len(fake.status_patches) > since else {}
+
+
+def run(raw: dict[str, Any]) -> dict[str, Any]:
+    """Handle `raw`; the status patch written ({} if none was)."""
+    fake = handlers.get_cluster()
+    assert isinstance(fake, FakeCluster)
+    before = len(fake.status_patches)
+    handle(raw)
+    return written(fake, before)
 
 
 def test_a_new_resource_gets_its_job_a_status_and_an_event(
     fake: FakeCluster, events: list[Any]
 ) -> None:
-    patch = run(body(GPU2))
-    status = patch["status"]
+    status = run(body(GPU2))
     assert status["phase"] == "Optimizing"
     assert status["observedGeneration"] == 1
     assert status["endpoint"] is None  # explicit null: cleared by the merge patch
@@ -109,8 +124,8 @@ def test_a_new_resource_gets_its_job_a_status_and_an_event(
 def test_an_unchanged_status_is_not_written_again(fake: FakeCluster, events: list[Any]) -> None:
     raw = body(GPU2)
     for _ in range(2):  # creates the Job, then sees it pending
-        raw["status"] = {k: v for k, v in run(raw)["status"].items() if v is not None}
-    assert "status" not in run(raw)
+        raw["status"] = {k: v for k, v in run(raw).items() if v is not None}
+    assert run(raw) == {}
     assert len(fake.applied) == 3
 
 
@@ -118,10 +133,9 @@ def test_an_invalid_spec_fails_permanently_with_the_field_path_in_status(
     fake: FakeCluster, events: list[Any]
 ) -> None:
     raw = body({"runtime": {"replicas": -1}})
-    patch = kopf.Patch()
     with pytest.raises(kopf.PermanentError):
-        handlers._handle(kopf.Body(raw), patch, LOG)
-    status = patch["status"]
+        handle(raw)
+    status = written(fake)
     assert status["phase"] == "Failed"
     validated = next(c for c in status["conditions"] if c["type"] == "Validated")
     assert validated["status"] == "False" and validated["reason"] == "InvalidSpec"
@@ -131,13 +145,10 @@ def test_an_invalid_spec_fails_permanently_with_the_field_path_in_status(
 
 
 def test_s3_storage_is_reconciled_like_a_claim(fake: FakeCluster, events: list[Any]) -> None:
-    patch = kopf.Patch()
-    handlers._handle(
-        kopf.Body(body({"storage": {"type": "s3", "s3": {"bucket": "models"}}})), patch, LOG
-    )
+    status = run(body({"storage": {"type": "s3", "s3": {"bucket": "models"}}}))
     kinds = [obj["kind"] for obj in fake.applied[-1].objects]
     assert "Job" in kinds and "PersistentVolumeClaim" not in kinds
-    assert patch["status"]["phase"] == "Optimizing"
+    assert status["phase"] == "Optimizing"
 
 
 @pytest.mark.parametrize("status", [0, 409, 429, 500, 503])
@@ -145,18 +156,17 @@ def test_conflicts_and_server_errors_retry_later_without_a_status_write(
     fake: FakeCluster, events: list[Any], status: int
 ) -> None:
     fake.fail_apply = ApiError(status, "boom", kind="Job", name="x")
-    patch = kopf.Patch()
     with pytest.raises(kopf.TemporaryError) as err:
-        handlers._handle(kopf.Body(body(GPU2)), patch, LOG)
+        handle(body(GPU2))
     assert err.value.delay == get_settings().retry_delay
-    assert "status" not in patch
+    assert fake.status_patches == []
     assert events == []
 
 
 def test_a_foreign_object_in_the_way_is_retried(fake: FakeCluster, events: list[Any]) -> None:
     fake.fail_apply = ForeignObject("Service", NAME, NAME)
     with pytest.raises(kopf.TemporaryError, match="not owned by AcceleratedModel"):
-        handlers._handle(kopf.Body(body(GPU2)), kopf.Patch(), LOG)
+        handle(body(GPU2))
 
 
 def test_a_rejected_manifest_fails_permanently_and_says_so_in_status(
@@ -165,10 +175,9 @@ def test_a_rejected_manifest_fails_permanently_and_says_so_in_status(
     fake.fail_apply = ApiError(
         422, "spec.tolerations[0].key: Invalid value", kind="Deployment", name="d"
     )
-    patch = kopf.Patch()
     with pytest.raises(kopf.PermanentError):
-        handlers._handle(kopf.Body(body(GPU2)), patch, LOG)
-    validated = patch["status"]["conditions"][0]
+        handle(body(GPU2))
+    validated = written(fake)["conditions"][0]
     assert validated["reason"] == "ManifestRejected"
     assert "spec.tolerations[0].key: Invalid value" in validated["message"]
 
@@ -177,10 +186,9 @@ def test_a_missing_claim_applies_what_it_can_writes_status_then_retries(
     fake: FakeCluster, events: list[Any]
 ) -> None:
     fake.claim_present = False
-    patch = kopf.Patch()
     with pytest.raises(kopf.TemporaryError, match="shared"):
-        handlers._handle(kopf.Body(body({"storage": {"pvc": {"claimName": "shared"}}})), patch, LOG)
-    assert patch["status"]["phase"] == "Optimizing"
+        handle(body({"storage": {"pvc": {"claimName": "shared"}}}))
+    assert written(fake)["phase"] == "Optimizing"
     assert set(fake.children) == {"ConfigMap"}
 
 
@@ -189,7 +197,7 @@ def test_a_resource_being_deleted_is_left_to_garbage_collection(
 ) -> None:
     raw = body(GPU2)
     raw["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
-    assert "status" not in run(raw)
+    assert run(raw) == {}
     assert fake.applied == [] and events == []
 
 
@@ -266,8 +274,7 @@ def test_an_event_that_cannot_be_posted_does_not_fail_the_reconcile(fake: FakeCl
         raise ApiError(403, "events is forbidden")
 
     fake.post_event = refuse  # type: ignore[method-assign]
-    patch = run(body(GPU2))
-    assert patch["status"]["phase"] == "Optimizing"
+    assert run(body(GPU2))["phase"] == "Optimizing"
 
 
 def test_a_contract_edit_that_contradicts_the_model_fails_and_leaves_the_shards_alone(
@@ -283,14 +290,14 @@ def test_a_contract_edit_that_contradicts_the_model_fails_and_leaves_the_shards_
         "phase": "Ready",
         "optimization": {"artifactId": artifact_id(spec), "contract": recorded},
     }
-    patch = kopf.Patch()
     with pytest.raises(kopf.PermanentError):
-        handlers._handle(kopf.Body(raw), patch, LOG)
-    validated = next(c for c in patch["status"]["conditions"] if c["type"] == "Validated")
+        handle(raw)
+    status = written(fake)
+    validated = next(c for c in status["conditions"] if c["type"] == "Validated")
     assert validated["reason"] == "ContractMismatch"
     assert "spec.inputs lacks model input(s): x" in validated["message"]
     assert "spec.inputs[0] (pixels): the model has no such tensor (has: x)" in validated["message"]
-    assert patch["status"]["optimization"]["contract"] == recorded  # the record stays
+    assert status["optimization"]["contract"] == recorded  # the record stays
     assert fake.applied == []
     assert [(e[1], e[2]) for e in events] == [("Warning", "ContractMismatch")]
 
@@ -528,3 +535,15 @@ def test_a_child_seen_in_a_relist_after_startup_reconciles_its_owner(
     ]}}  # fmt: skip
     handlers.on_child_event(type=None, body=kopf.Body(child), logger=LOG)
     assert fake.reads == 1 and fake.status_patches[-1]["phase"] == "Optimizing"
+
+
+def test_the_handler_reconciles_the_latest_version_not_the_events_copy(
+    fake: FakeCluster, events: list[Any]
+) -> None:
+    stale = body(GPU2)
+    run(stale)  # creates the Job, writes the status, posts Optimizing
+    assert fake.model is not None and fake.model["status"]["phase"] == "Optimizing"
+    posted = len(events)
+    # kopf's copy of the body predates that status (say, it queued behind that reconcile).
+    handlers._handle(kopf.Body(stale), LOG)
+    assert len(events) == posted, "it reconciled the stale copy: Optimizing posted twice"

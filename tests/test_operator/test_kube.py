@@ -414,8 +414,10 @@ def test_a_deployment_is_rolled_out_when_every_replica_of_its_current_spec_is_av
     def with_status(**status: int) -> dict[str, Any]:
         return {**deployment, "status": status}
 
-    done = {"observedGeneration": 3, "updatedReplicas": 2, "availableReplicas": 2}
+    done = {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}
     assert kube.rolled_out(with_status(**done))
+    # Mid-rollout: both new pods created, one old pod still available, one new one starting.
+    assert not kube.rolled_out(with_status(**{**done, "replicas": 3}))
     assert not kube.rolled_out(with_status(**{**done, "observedGeneration": 2}))  # stale
     assert not kube.rolled_out(with_status(**{**done, "updatedReplicas": 1}))  # rolling
     assert not kube.rolled_out(with_status(**{**done, "availableReplicas": 1}))  # a pod down

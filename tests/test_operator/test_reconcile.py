@@ -316,6 +316,30 @@ def case_all_shards_available() -> Case:
     )
 
 
+def case_old_pods_left_mid_rollout_are_not_ready_yet() -> Case:
+    """Every new pod created, 2 of 2 available, but one of those is an old-template pod
+    and a new one still starts: not rolled out (was reported Ready on a real cluster)."""
+    res = model(GPU2)
+    artifact = aid(GPU2)
+    job = job_complete(build_job(res, artifact, CFG))
+    deploying = reconcile(
+        res, observed(job, messages={job["metadata"]["name"]: summary(artifact)}), CFG, NOW
+    )
+    objs = serving(GPU2)
+    for obj in objs:
+        if obj["kind"] == "Deployment" and obj["metadata"]["name"] == "mnist-shard-1":
+            obj["status"]["replicas"] = obj["spec"]["replicas"] + 1
+    return Case(
+        res=model(GPU2, status=deploying.status),
+        seen=observed(job, *objs),
+        phase="Deploying",
+        conditions={"Ready": ("False", "ShardsUnavailable")},
+        applies={o["kind"] + "/" + o["metadata"]["name"] for o in deploying.objects},
+        events=[],
+        check=lambda plan: _assert(plan.status.ready_shards == "1/2"),
+    )
+
+
 def case_shard_loses_availability() -> Case:
     objs = serving(GPU2)
     for obj in objs:
@@ -815,6 +839,7 @@ CASES = {
     "job done, unreadable summary": case_job_done_with_unreadable_summary,
     "job done, gate unresolved": case_job_done_with_an_unresolved_gate,
     "all shards available": case_all_shards_available,
+    "old pods left mid-rollout": case_old_pods_left_mid_rollout_are_not_ready_yet,
     "shard loses availability": case_shard_loses_availability,
     "shards report the provider they got": case_shards_report_the_provider_they_got,
     "runtime-only update": case_runtime_only_update,
