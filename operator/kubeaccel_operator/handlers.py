@@ -194,29 +194,63 @@ def _post(
             logger.debug("could not post %s Event: %s", event.reason, exc)
 
 
-def _handle(
-    body: kopf.Body, patch: kopf.Patch, logger: logging.Logger | logging.LoggerAdapter[Any]
-) -> None:
+def _reconcile_latest(
+    key: tuple[str, str],
+    cluster: kube.Cluster,
+    cfg: Settings,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> tuple[Mapping[str, Any] | None, Result | None, ApiError | None]:
+    """Read the resource's latest version, reconcile it and write its status; called under
+    the resource's lock. Returns (body, result, failure); body None: it is gone.
+
+    Both the read and the write belong under the lock. An event's copy of the body may
+    predate a status another reconcile wrote while this one waited; and a status returned
+    to kopf is written only after the handler, when the next reconcile may already have
+    read the old one (it then saw a promotion's children with the status from before it,
+    took the rollout for one the spec no longer asks for, and dropped its record).
+    """
+    namespace, name = key
+    try:
+        body = cluster.get_model(namespace, name)
+    except ApiError as exc:
+        logger.warning("cannot read AcceleratedModel %s/%s: %s", namespace, name, exc)
+        return None, None, exc
+    if body is None:
+        with _registry_lock:
+            _rolling.discard(key)
+        return None, None, None
+    result = reconcile_body(body, cluster, cfg, datetime.now(UTC).replace(microsecond=0))
+    _track_rollout(key, result)
+    update = status_patch(result, body)
+    if update is not None:
+        try:
+            cluster.patch_model_status(namespace, name, update)
+        except ApiError as exc:
+            logger.warning("cannot write status of %s/%s: %s", namespace, name, exc)
+            return body, result, exc
+    return body, result, None
+
+
+def _handle(body: kopf.Body, logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     cfg = get_settings()
     cluster = get_cluster()
     key = (body.metadata.namespace or "", body.metadata.name or "")
     with _serialised(key):
-        result = reconcile_body(body, cluster, cfg, datetime.now(UTC).replace(microsecond=0))
-    _track_rollout(key, result)
-    update = status_patch(result, body)
-    if update is not None:
-        patch.status.update(update)
-    _post(cluster, body, result, logger)
-    if result.error is not None:
+        latest, result, failure = _reconcile_latest(key, cluster, cfg, logger)
+    if latest is not None and result is not None:
+        _post(cluster, latest, result, logger)
+    if failure is not None:
+        raise_for_kopf(failure, delay=cfg.retry_delay)
+    if result is not None and result.error is not None:
         raise_for_kopf(result.error, delay=cfg.retry_delay)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def on_change(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+def on_change(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     """Create, update and resume: reconcile the resource and write its status."""
-    _handle(body, patch, logger)
+    _handle(body, logger)
 
 
 def owner_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -257,29 +291,15 @@ def reconcile_owner(
     with _serialised(key):
         with _registry_lock:
             _queued.discard(key)
-        try:
-            body = cluster.get_model(namespace, name)
-        except ApiError as exc:
-            logger.warning("cannot read AcceleratedModel %s/%s: %s", namespace, name, exc)
-            _retry_later(key, exc, cfg.retry_delay, logger)
-            return
-        if body is None:
-            with _registry_lock:
-                _rolling.discard(key)
-            return
-        result = reconcile_body(body, cluster, cfg, datetime.now(UTC).replace(microsecond=0))
-        _track_rollout(key, result)
-        update = status_patch(result, body)
-        if update is not None:
-            try:
-                cluster.patch_model_status(namespace, name, update)
-            except ApiError as exc:
-                logger.warning("cannot write status of %s/%s: %s", namespace, name, exc)
-                _retry_later(key, exc, cfg.retry_delay, logger)
-    _post(cluster, body, result, logger)
-    if result.error is not None and not isinstance(result.error, InvalidSpec | NotReady):
-        logger.warning("reconcile of %s/%s failed: %s", namespace, name, result.error)
-        _retry_later(key, result.error, cfg.retry_delay, logger)
+        body, result, failure = _reconcile_latest(key, cluster, cfg, logger)
+    if body is not None and result is not None:
+        _post(cluster, body, result, logger)
+    if failure is not None:
+        _retry_later(key, failure, cfg.retry_delay, logger)
+    error = result.error if result is not None else None
+    if error is not None and not isinstance(error, InvalidSpec | NotReady):
+        logger.warning("reconcile of %s/%s failed: %s", namespace, name, error)
+        _retry_later(key, error, cfg.retry_delay, logger)
 
 
 def _retry_later(
