@@ -20,12 +20,11 @@ from typing import Any
 
 import httpx
 import numpy as np
-import orjson
 
 from kubeaccel_runtime import rawhttp
 from kubeaccel_runtime.client import OipDecodeError, decode_response, encode_request
 from kubeaccel_runtime.retry import RetryPolicy, retriable_status
-from kubeaccel_runtime.serve.errors import DownstreamFailed, DownstreamUnavailable
+from kubeaccel_runtime.serve.errors import DownstreamFailed, DownstreamUnavailable, answer_error
 
 log = logging.getLogger("kubeaccel.serve.chain")
 Array = np.ndarray[Any, Any]
@@ -151,7 +150,7 @@ class NextShard:
     def _decode(self, response: Answer) -> dict[str, Array]:
         status = response.status
         if status != 200:
-            message = _error_message(response.body)
+            message = answer_error(response.body)
             cls = DownstreamUnavailable if status == 503 else DownstreamFailed
             raise cls(
                 f"next shard {self.cfg.next_url} answered HTTP {status}: {message}",
@@ -164,13 +163,3 @@ class NextShard:
                 f"next shard {self.cfg.next_url} sent an unreadable response: {exc}",
                 reason="decode",
             ) from None
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        doc = orjson.loads(body)
-        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-            return str(doc["error"])[:500]
-    except orjson.JSONDecodeError:
-        pass
-    return body[:200].decode("utf-8", errors="replace") or "(empty body)"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+import orjson
+
 
 class ServeError(Exception):
     """Base of every error the server answers deliberately."""
@@ -94,3 +96,14 @@ def status_of(error: ServeError) -> int:
         if cls in HTTP_STATUS:
             return HTTP_STATUS[cls]
     return 500
+
+
+def answer_error(body: bytes) -> str:
+    """What another server's error answer says: its `{"error": ...}`, else the body's start."""
+    try:
+        doc = orjson.loads(body)
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            return str(doc["error"])[:500]
+    except orjson.JSONDecodeError:
+        pass
+    return body[:200].decode("utf-8", errors="replace") or "(empty body)"

@@ -40,7 +40,12 @@ from pydantic import ValidationError
 from kubeaccel_runtime.client import OipDecodeError, decode_response, encode_request
 from kubeaccel_runtime.divergence import is_class_scores, output_divergence, top1
 from kubeaccel_runtime.rawhttp import ConnectionPool, raw_http_request
-from kubeaccel_runtime.serve.errors import DownstreamFailed, DownstreamUnavailable, ServeError
+from kubeaccel_runtime.serve.errors import (
+    DownstreamFailed,
+    DownstreamUnavailable,
+    ServeError,
+    answer_error,
+)
 
 log = logging.getLogger("kubeaccel.serve.routing")
 Array = np.ndarray[Any, Any]
@@ -192,7 +197,9 @@ class Candidate:
         )
         status, answer_headers, answer = await self.post(body, headers)
         if status != 200:
-            raise DownstreamFailed(f"candidate answered HTTP {status}", reason="candidate")
+            raise DownstreamFailed(
+                f"candidate answered HTTP {status}: {answer_error(answer)}", reason="candidate"
+            )
         try:
             return decode_response(answer, answer_headers).outputs
         except OipDecodeError as exc:
@@ -293,7 +300,11 @@ class Router:
         old = self.routing
         if routing.id != old.id:
             self.shadow, self.serving, self.candidate = ShadowStats(), ChainStats(), ChainStats()
-        if routing.candidate_url != old.candidate_url or self._client is None:
+        # A new rollout gets new connections too: the same URL (the same chain's shard 0
+        # Service) then names another Service, its pods replaced, and a pooled connection
+        # of the last rollout would still reach what served there.
+        renewed = routing.candidate_url != old.candidate_url or routing.id != old.id
+        if renewed or self._client is None:
             if self._client is not None:
                 self._stale.append(self._client)
             self._client = None
@@ -338,7 +349,7 @@ class Router:
         ok = status == 200
         self.candidate.record(ok, time.perf_counter() - started)
         if not ok:
-            log.warning("canary request answered HTTP %d", status)
+            log.warning("canary request answered HTTP %d: %s", status, answer_error(answer))
             return None
         out = {k: v for k in FORWARDED if (v := answer_headers.get(k)) is not None}
         out.setdefault("content-type", "application/json")

@@ -20,7 +20,13 @@ import pytest
 from kubeaccel_api.routing import Routing, RoutingMode, RoutingReport
 from kubeaccel_runtime.client import InferenceClient
 from kubeaccel_runtime.serve.cli import routing_source
-from kubeaccel_runtime.serve.routing import Sampler, ShadowStats, read_routing
+from kubeaccel_runtime.serve.routing import (
+    Router,
+    RoutingSource,
+    Sampler,
+    ShadowStats,
+    read_routing,
+)
 from kubeaccel_runtime.serve.session import load_shard
 from serve_fixtures import CPU1, MLP_INPUTS, Proc, build_mlp, spec_for, wait_until, write_artifact
 
@@ -306,3 +312,17 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def test_a_new_rollout_to_the_same_url_opens_new_connections() -> None:
+    # The same chain's shard-0 Service name is the candidate URL of every rollout into that
+    # chain; between two rollouts its Service and pods were replaced.
+    router = Router(RoutingSource(chain="a"), "mlp", None)
+    url = "http://mlp-shard-0.ml.svc:8080"
+    router._apply(Routing(id="r1", mode="shadow", chain="a", candidate_url=url, percent=100))
+    first = router._client
+    router._apply(Routing(id="r1", mode="shadow", chain="a", candidate_url=url, percent=50))
+    assert router._client is first  # the same rollout keeps its pool
+    router._apply(Routing(id="r2", mode="canary", chain="a", candidate_url=url, percent=25))
+    assert router._client is not None and router._client is not first
+    await router.aclose()
