@@ -51,7 +51,8 @@ print(json.dumps(run(spec).as_dict()))
 """
 
 # Runs in a client pod: the same request again and again for `seconds`; prints how many
-# answers had each status and each distinct output (sha256 of the output bytes).
+# answers had each status and each distinct output (sha256 of the output bytes), and the
+# most frequent error answers.
 # argv: url model seconds
 ANSWERS_SCRIPT = """
 import hashlib, json, sys, time
@@ -62,7 +63,7 @@ from kubeaccel_runtime.loadgen import inputs_from_metadata
 url, model, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 meta = httpx.get(f"{url}/v2/models/{model}", timeout=30).json()
 body, headers = encode_request(inputs_from_metadata(meta, 1), binary=True, binary_outputs=True)
-statuses, outputs = Counter(), Counter()
+statuses, outputs, said = Counter(), Counter(), Counter()
 print("started", flush=True)
 deadline = time.monotonic() + seconds
 with httpx.Client(base_url=url, timeout=10) as client:
@@ -73,12 +74,18 @@ with httpx.Client(base_url=url, timeout=10) as client:
             statuses["0"] += 1
             time.sleep(0.2)
             continue
-        statuses[str(r.status_code)] += 1
+        ours = r.headers.get("content-type", "").startswith(("application/json", "application/octet"))
         if r.status_code == 200:
+            statuses["200"] += 1
             outputs[hashlib.sha256(r.content).hexdigest()] += 1
-        else:
-            time.sleep(0.2)
-print(json.dumps({"statuses": statuses, "outputs": outputs}))
+            continue
+        # Not every refusal comes from a kubeaccel server: where a Service has no ready
+        # endpoint, some networks answer for the unreachable address themselves (this
+        # cluster's egress says 404, empty body, `server: keryx`). That is no answer: "0".
+        statuses[str(r.status_code) if ours else "0"] += 1
+        said[f"{r.status_code} {r.headers.get('server', '?')} {r.text[:160]}"] += 1
+        time.sleep(0.2)
+print(json.dumps({"statuses": statuses, "outputs": outputs, "said": dict(said.most_common(5))}))
 """
 
 # Runs in a client pod: whether a TCP connection to each host:port succeeds. argv: targets

@@ -340,7 +340,9 @@ def test_autoscaling_creates_an_autoscaler_the_api_server_accepts(
         # KEDA creates and drives its own HPA; ours must not exist beside it.
         assert namespace.get(other, shard, ignore_missing=True) is None
     # The Deployment's replicas belong to the autoscaler now, not to the operator's apply.
-    managed = namespace.get("deployment", shard)["metadata"]["managedFields"]
+    # kubectl leaves managedFields out of its output unless asked.
+    shown = namespace("get", "deployment", shard, "-o", "json", "--show-managed-fields").stdout
+    managed = json.loads(shown)["metadata"]["managedFields"]
     applied = [m for m in managed if m["manager"] == "kubeaccel-operator"]
     assert applied and all(
         "f:replicas" not in m.get("fieldsV1", {}).get("f:spec", {}) for m in applied
