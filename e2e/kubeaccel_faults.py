@@ -74,11 +74,11 @@ with httpx.Client(base_url=url, timeout=10) as client:
             statuses["0"] += 1
             time.sleep(0.2)
             continue
-        ours = r.headers.get("content-type", "").startswith(("application/json", "application/octet"))
         if r.status_code == 200:
             statuses["200"] += 1
             outputs[hashlib.sha256(r.content).hexdigest()] += 1
             continue
+        ours = r.headers.get("content-type", "").startswith(("application/json", "application/octet"))
         # Not every refusal comes from a kubeaccel server: where a Service has no ready
         # endpoint, some networks answer for the unreachable address themselves (this
         # cluster's egress says 404, empty body, `server: keryx`). That is no answer: "0".

@@ -137,7 +137,7 @@ def shard_available(
     return replicas > 0 and rollout_complete(observed, replicas), available
 
 
-def still_rolling(desired: Manifest | None, observed: Manifest) -> bool:
+def still_rolling(desired: Manifest | None, observed: Mapping[str, Any]) -> bool:
     """Whether a Deployment is between pod templates: the desired one is not applied yet,
     its controller has not seen it, or pods of an older template are still running."""
     if desired is not None and template_hash(desired) != template_hash(observed):
@@ -156,16 +156,14 @@ def rollout_complete(deployment: Mapping[str, Any], replicas: int) -> bool:
 
     availableReplicas counts old and new pods alike: mid-rollout, 2 available of 2 can be
     one old pod and one new one while another new pod is still starting; only
-    `status.replicas <= updatedReplicas` says the old ones are gone.
+    `status.replicas <= updatedReplicas` (see still_rolling) says the old ones are gone.
     """
-    status = deployment.get("status") or {}
-    generation = int(deployment.get("metadata", {}).get("generation") or 0)
-    if int(status.get("observedGeneration") or 0) < generation:
+    if still_rolling(None, deployment):
         return False
+    status = deployment.get("status") or {}
     updated = int(status.get("updatedReplicas") or 0)
     available = int(status.get("availableReplicas") or 0)
-    total = int(status.get("replicas") or 0)
-    return updated >= replicas and available >= max(replicas, updated) and total <= updated
+    return updated >= replicas and available >= max(replicas, updated)
 
 
 def wanted_replicas(desired: Manifest | None, seen: Manifest | None) -> int:
